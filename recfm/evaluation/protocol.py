@@ -1,0 +1,70 @@
+"""The evaluation protocol every model in recfm is measured with.
+
+Leave-one-out, ranking over ALL items (no sampled negatives). The model is asked for its
+top ``depth`` items per case through :meth:`Recommender.recommend`; HR/NDCG use the
+cutoffs ``ks`` and MRR the whole returned list (so MRR is MRR@depth; depth defaults to
+max(ks); set ``depth`` to the catalog size for an untruncated MRR on score-based models).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from recfm.data.split import EvalCases
+from recfm.evaluation.metrics import metrics_from_ranks, ranks_in_topk
+from recfm.recommender import Recommender
+
+
+class Protocol(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20], description="cutoffs for HR@K and NDCG@K")
+    exclude_history: bool = Field(
+        False, description="remove the case's history items from the ranking (a target seen before then counts as a miss)"
+    )
+    depth: int | None = Field(None, ge=1, description="list length requested from the model; MRR is computed within it")
+    batch_size: int = Field(256, ge=1)
+    selection_metric: str = Field("ndcg@10", description="validation metric used for early stopping and model selection")
+
+    @property
+    def list_depth(self) -> int:
+        return self.depth or max(self.ks)
+
+    def describe(self) -> dict:
+        """What goes into metrics.json so a number can never be read without its protocol."""
+        return {
+            "split": "leave-one-out (last item test, second-to-last validation)",
+            "ranking": "full ranking over all items, no sampled negatives",
+            "ks": list(self.ks),
+            "exclude_history": self.exclude_history,
+            "mrr_depth": self.list_depth,
+            "selection": f"validation {self.selection_metric}; test scored once",
+        }
+
+
+def evaluate(
+    model: Recommender,
+    cases: EvalCases,
+    protocol: Protocol | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Metrics of ``model`` on ``cases``; ``progress(n)`` is called after each batch of n cases."""
+    protocol = protocol or Protocol()
+    ranks = np.empty(len(cases), dtype=np.int64)
+    start = time.perf_counter()
+    for lo in range(0, len(cases), protocol.batch_size):
+        hi = min(lo + protocol.batch_size, len(cases))
+        histories = cases.histories[lo:hi]
+        exclude = [set(h.tolist()) for h in histories] if protocol.exclude_history else None
+        top = model.recommend(histories, protocol.list_depth, exclude=exclude)
+        ranks[lo:hi] = ranks_in_topk(top.items, cases.targets[lo:hi])
+        if progress is not None:
+            progress(hi - lo)
+    metrics = metrics_from_ranks(ranks, protocol.ks)
+    metrics["cases"] = len(cases)
+    metrics["eval_seconds"] = round(time.perf_counter() - start, 3)
+    return metrics

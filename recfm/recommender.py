@@ -1,0 +1,60 @@
+"""The one seam every model answers: top-k items for a batch of histories.
+
+Score-based models (Pop, SASRec, GRU4Rec) subclass :class:`ScoringRecommender` and only
+write ``score``; generative models implement ``recommend`` directly (beam search over
+textual IDs). The evaluator, the CLI and the server call ``recommend`` and never branch
+on the model type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class TopK:
+    """``items[b, j]`` is the j-th best item index (1-based) for history ``b``; ``scores`` align.
+    Rows may end in 0 (padding) when fewer than k items are allowed."""
+
+    items: np.ndarray
+    scores: np.ndarray
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    n_items: int
+
+    def recommend(
+        self, histories: Sequence[Sequence[int]], k: int, exclude: Sequence[Collection[int]] | None = None
+    ) -> TopK: ...
+
+
+class ScoringRecommender:
+    """Adapter from a full score vector over items to :meth:`recommend`."""
+
+    n_items: int
+
+    def score(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Scores of shape (batch, n_items + 1); column 0 (padding) is ignored."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def recommend(
+        self, histories: Sequence[Sequence[int]], k: int, exclude: Sequence[Collection[int]] | None = None
+    ) -> TopK:
+        scores = self.score(histories).float()
+        scores[:, 0] = -torch.inf
+        if exclude is not None:
+            rows = [b for b, ex in enumerate(exclude) for _ in ex]
+            cols = [int(i) for ex in exclude for i in ex]
+            if cols:
+                scores[torch.tensor(rows), torch.tensor(cols)] = -torch.inf
+        k = min(k, self.n_items)
+        top = torch.topk(scores, k, dim=1)
+        items = top.indices.numpy().astype(np.int64)
+        items[~torch.isfinite(top.values).numpy()] = 0
+        return TopK(items=items, scores=top.values.numpy())
