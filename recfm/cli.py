@@ -1,0 +1,232 @@
+"""The ``recfm`` command line. Thin: every command calls one library function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from recfm.config import ConfigError
+from recfm.data.registry import DATASETS, DatasetNotFoundError, load_dataset, resolve
+from recfm.data.schema import DataFormatError, EmptyDatasetError
+from recfm.data.sources import FORMATS, UnknownFormatError
+
+app = typer.Typer(help="recfm: recommendation foundation models on one data layer and one protocol.", no_args_is_help=True)
+data_app = typer.Typer(help="List, inspect and prepare datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+# Wide enough for the metrics table when piped (rich falls back to 80 columns off a terminal).
+console = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 150)
+
+USER_ERRORS = (ConfigError, DatasetNotFoundError, DataFormatError, EmptyDatasetError, UnknownFormatError, FileNotFoundError)
+METRIC_COLUMNS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+    )
+    logging.getLogger("recfm").setLevel(logging.INFO)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(True, "--verbose/--quiet", help="log progress to stderr")) -> None:
+    _setup_logging(verbose)
+
+
+@contextmanager
+def user_errors():
+    """Expected mistakes (bad path, bad config, malformed file) print one clear line, not a traceback."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    except Exception as e:
+        from recfm.runs import RunError
+
+        if isinstance(e, RunError):
+            console.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(2) from None
+        raise
+
+
+@contextmanager
+def progress_bars():
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=False, disable=not console.is_terminal,
+    ) as bars:
+
+        def start(description: str, total: int):
+            task = bars.add_task(description, total=total)
+            return lambda n: bars.advance(task, n)
+
+        yield start
+
+
+# -- data ------------------------------------------------------------------------------
+@data_app.command("list")
+def data_list() -> None:
+    """Registered datasets, where they come from and whether they are available here."""
+    table = Table(title="datasets (any command also takes a folder in a supported format)")
+    for col in ("name", "domain", "format", "available", "description"):
+        table.add_column(col)
+    for spec in DATASETS.values():
+        try:
+            spec.locate()
+            status = "[green]yes[/]"
+        except DatasetNotFoundError as e:
+            status = f"[red]no[/]: {e}"
+        table.add_row(spec.name, spec.domain, spec.source_format, status, spec.description)
+    out.print(table)
+    out.print("folder formats: " + ", ".join(FORMATS))
+
+
+@data_app.command("info")
+def data_info(dataset: str = typer.Argument(..., help="registered name or folder path")) -> None:
+    """Statistics of a prepared dataset and one example user."""
+    with user_errors():
+        ds = load_dataset(dataset)
+        name, fmt, path, _ = resolve(dataset)
+        split = ds.split()
+    table = Table(title=f"{ds.name} ({fmt}: {path})", show_header=False)
+    for k, v in ds.stats().items():
+        table.add_row(k, str(v))
+    table.add_row("validation cases", str(len(split.valid)))
+    table.add_row("test cases", str(len(split.test)))
+    table.add_row("example item text", ds.item_text[0])
+    out.print(table)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: str = typer.Argument(..., help="registered name or folder path"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="rebuild even if a cached copy exists"),
+) -> None:
+    """Load, filter, order and cache a dataset as Parquet."""
+    with user_errors():
+        start = time.perf_counter()
+        ds = load_dataset(dataset, use_cache=not no_cache)
+        if no_cache:  # refresh the cache entry too
+            load_dataset(dataset)
+    out.print(f"{ds.name}: {ds.stats()} ({time.perf_counter() - start:.1f}s)")
+
+
+# -- models ----------------------------------------------------------------------------
+@app.command("models")
+def models() -> None:
+    """Trainable models and their configuration fields."""
+    from recfm.baselines import MODELS
+
+    for entry in MODELS.values():
+        out.print(f"[bold]{entry.name}[/]: {entry.description}")
+        for field, info in entry.config.model_fields.items():
+            if field != "name":
+                out.print(f"    {field} = {info.default!r}")
+
+
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="model name (see `recfm models`)"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="registered name or folder path"),
+    output: Path = typer.Option(..., "--output", "-o", help="run directory to create"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config layered over the defaults"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
+) -> None:
+    """Train MODEL on a dataset, select on validation, score test once. Extra args are key=value overrides."""
+    from recfm.runs import train_run
+
+    with user_errors(), progress_bars() as bars:
+        metrics = train_run(model, dataset, output, config, ctx.args, overwrite=overwrite, progress=bars)
+    _print_metrics_table([metrics], title=f"{model} on {metrics['dataset']} (run: {output})")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Path = typer.Option(..., "--run", "-r", help="run directory made by `recfm train`"),
+    exclude_history: Optional[bool] = typer.Option(None, "--exclude-history/--keep-history", help="override the run's protocol"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Re-load a trained run and score validation and test with its recorded protocol."""
+    from recfm.runs import evaluate_run
+
+    with user_errors(), progress_bars() as bars:
+        metrics = evaluate_run(run, progress=bars, exclude_history=exclude_history)
+    if as_json:
+        out.print_json(json.dumps(metrics))
+    else:
+        _print_metrics_table([metrics], title=f"{metrics['model']} on {metrics['dataset']} (run: {run})")
+
+
+@app.command("compare")
+def compare(runs: list[Path] = typer.Argument(..., help="run directories")) -> None:
+    """One table of the test metrics of several runs."""
+    rows = []
+    for r in runs:
+        path = r / "metrics.json"
+        if not path.is_file():
+            console.print(f"[bold red]error:[/] {r} has no metrics.json")
+            raise typer.Exit(2)
+        rows.append(json.loads(path.read_text()))
+    _print_metrics_table(rows, title="test metrics (leave-one-out, full ranking)")
+
+
+def _print_metrics_table(rows: list[dict], title: str) -> None:
+    table = Table(title=title)
+    for col in ("model", "dataset", "split", *METRIC_COLUMNS, "train s"):
+        table.add_column(col, justify="right" if col not in ("model", "dataset", "split") else "left")
+    for m in rows:
+        for split in ("valid", "test"):
+            if split not in m:
+                continue
+            vals = [f"{m[split][c]:.4f}" if c in m[split] else "-" for c in METRIC_COLUMNS]
+            secs = f"{m['train_seconds']:.0f}" if "train_seconds" in m and split == "test" else ""
+            table.add_row(m["model"], m["dataset"], split, *vals, secs)
+    out.print(table)
+    if rows:
+        p = rows[0]["protocol"]
+        out.print(f"protocol: {p['ranking']}; exclude_history={p['exclude_history']}; {p['selection']}")
+
+
+@app.command("demo")
+def demo(
+    output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="folder for the demo's run directories"),
+    dataset: str = typer.Option("movielens-1m", "--dataset", "-d"),
+) -> None:
+    """The main job on real data: MostPopular and SASRec on MovieLens-1M, one results table."""
+    from recfm.baselines import MODELS
+    from recfm.runs import train_run
+
+    plan = [("pop", None), ("sasrec", Path(__file__).resolve().parents[1] / "configs" / f"sasrec-{dataset}-demo.yaml")]
+    rows = []
+    with user_errors(), progress_bars() as bars:
+        for model, cfg in plan:
+            if model not in MODELS:
+                console.print(f"[yellow]skipping {model}: not available in this build[/]")
+                continue
+            cfg = cfg if cfg is not None and cfg.is_file() else None
+            console.rule(f"{model} on {dataset}")
+            rows.append(train_run(model, dataset, output / model, cfg, overwrite=True, progress=bars))
+    _print_metrics_table(rows, title=f"demo: {dataset}, leave-one-out, full ranking")
+
+
+def run() -> None:  # pragma: no cover
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
