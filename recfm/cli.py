@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from recfm.config import ConfigError
 from recfm.data.registry import DATASETS, DatasetNotFoundError, load_dataset, resolve
@@ -46,19 +47,24 @@ def main(verbose: bool = typer.Option(True, "--verbose/--quiet", help="log progr
     _setup_logging(verbose)
 
 
+def _print_error(e: Exception) -> None:
+    # Text, not markup: messages may hold brackets (lists of names) that rich would eat.
+    console.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
+
+
 @contextmanager
 def user_errors():
     """Expected mistakes (bad path, bad config, malformed file) print one clear line, not a traceback."""
     try:
         yield
     except USER_ERRORS as e:
-        console.print(f"[bold red]error:[/] {e}")
+        _print_error(e)
         raise typer.Exit(2) from None
     except Exception as e:
         from recfm.runs import RunError
 
         if isinstance(e, RunError):
-            console.print(f"[bold red]error:[/] {e}")
+            _print_error(e)
             raise typer.Exit(2) from None
         raise
 
