@@ -46,15 +46,17 @@ class ScoringRecommender:
     def recommend(
         self, histories: Sequence[Sequence[int]], k: int, exclude: Sequence[Collection[int]] | None = None
     ) -> TopK:
-        scores = self.score(histories).float()
+        # A copy: the masking below must not write into a tensor the model may keep (cached scores).
+        scores = self.score(histories).float().clone()
         scores[:, 0] = -torch.inf
         if exclude is not None:
             rows = [b for b, ex in enumerate(exclude) for _ in ex]
             cols = [int(i) for ex in exclude for i in ex]
             if cols:
-                scores[torch.tensor(rows), torch.tensor(cols)] = -torch.inf
+                scores[torch.tensor(rows, device=scores.device), torch.tensor(cols, device=scores.device)] = -torch.inf
         k = min(k, self.n_items)
         top = torch.topk(scores, k, dim=1)
-        items = top.indices.numpy().astype(np.int64)
-        items[~torch.isfinite(top.values).numpy()] = 0
-        return TopK(items=items, scores=top.values.numpy())
+        values = top.values.cpu().numpy()  # scores may live on a GPU
+        items = top.indices.cpu().numpy().astype(np.int64)
+        items[~np.isfinite(values)] = 0
+        return TopK(items=items, scores=values)

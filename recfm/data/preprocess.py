@@ -67,6 +67,8 @@ def preprocess(raw: RawDataset, cfg: PrepConfig | None = None) -> SequenceDatase
             raise ValueError(f"{raw.name}: min_rating={cfg.min_rating} but the source has no ratings")
         inter = inter.filter(pl.col("rating") >= cfg.min_rating)
     if cfg.drop_repeats:
+        # "first" in time, not in the file: sort as the sequences will be (timestamp, then file row)
+        inter = inter.sort(["timestamp", "_row"], nulls_last=False)
         inter = inter.unique(["user_id", "item_id"], keep="first", maintain_order=True)
     inter = k_core(inter, cfg.user_core, cfg.item_core)
     if inter.height == 0:

@@ -12,7 +12,7 @@ import time
 from typing import Callable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recfm.data.split import EvalCases
 from recfm.evaluation.metrics import metrics_from_ranks, ranks_in_topk
@@ -29,6 +29,16 @@ class Protocol(BaseModel):
     depth: int | None = Field(None, ge=1, description="list length requested from the model; MRR is computed within it")
     batch_size: int = Field(256, ge=1)
     selection_metric: str = Field("ndcg@10", description="validation metric used for early stopping and model selection")
+
+    @model_validator(mode="after")
+    def _check_cutoffs(self) -> "Protocol":
+        # A list shorter than a cutoff would silently report HR@K/NDCG@K of a shorter list.
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be a non-empty list of positive cutoffs, got {self.ks}")
+        if self.depth is not None and self.depth < max(self.ks):
+            k = max(self.ks)
+            raise ValueError(f"depth={self.depth} is below the largest cutoff {k}: HR/NDCG@{k} would be wrong")
+        return self
 
     @property
     def list_depth(self) -> int:
