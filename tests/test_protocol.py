@@ -252,3 +252,9 @@ def test_subset_cases():
 def test_no_cases_raises():
     with pytest.raises(ValueError, match="no evaluation cases"):
         evaluate(FixedScores(6, default=SCORES6), make_cases([], []), Protocol())
+
+
+def test_selection_metric_must_be_a_computed_metric():
+    with pytest.raises(ValueError, match="selection_metric"):
+        Protocol(ks=[5, 20], selection_metric="ndcg@10")
+    assert Protocol(ks=[5, 20], selection_metric="hr@20").selection_metric == "hr@20"

@@ -38,6 +38,9 @@ class Protocol(BaseModel):
         if self.depth is not None and self.depth < max(self.ks):
             k = max(self.ks)
             raise ValueError(f"depth={self.depth} is below the largest cutoff {k}: HR/NDCG@{k} would be wrong")
+        produced = {"mrr"} | {f"{m}@{k}" for k in self.ks for m in ("hr", "ndcg")}
+        if self.selection_metric not in produced:
+            raise ValueError(f"selection_metric {self.selection_metric!r} is not computed with ks={self.ks}; choose from {sorted(produced)}")
         return self
 
     @property
