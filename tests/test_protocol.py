@@ -103,7 +103,7 @@ def test_recommend_does_not_write_into_the_models_tensor():
 
 def test_evaluate_hand_computed_without_exclusion():
     model = FixedScores(6, default=SCORES6)
-    m = evaluate(model, CASES6, Protocol(ks=[1, 3], depth=6))
+    m = evaluate(model, CASES6, Protocol(ks=[1, 3], selection_metric="ndcg@3", depth=6))
     # ranks: target 4 at 2, target 4 at 2, target 1 at 5, target 1 at 5
     assert strip(m) == pytest.approx(
         {"hr@1": 0.0, "ndcg@1": 0.0, "hr@3": 0.5, "ndcg@3": 2 * (1 / math.log2(4)) / 4, "mrr": (1 / 3 + 1 / 3 + 1 / 6 + 1 / 6) / 4, "cases": 4}
@@ -115,7 +115,7 @@ def test_evaluate_hand_computed_without_exclusion():
 
 def test_evaluate_hand_computed_with_exclusion():
     model = FixedScores(6, default=SCORES6)
-    m = evaluate(model, CASES6, Protocol(ks=[1, 3], depth=6, exclude_history=True))
+    m = evaluate(model, CASES6, Protocol(ks=[1, 3], selection_metric="ndcg@3", depth=6, exclude_history=True))
     # case 0: 2,3 removed -> target 4 first; case 1: target 4 is in the history -> miss;
     # case 2: target 1 in the history -> miss; case 3: 5,6 removed -> order 2,3,4,1 -> rank 3.
     assert strip(m) == pytest.approx(
@@ -126,7 +126,7 @@ def test_evaluate_hand_computed_with_exclusion():
 
 def test_default_depth_is_largest_cutoff_and_bounds_mrr():
     model = FixedScores(6, default=SCORES6)
-    protocol = Protocol(ks=[1, 3])
+    protocol = Protocol(ks=[1, 3], selection_metric="ndcg@3")
     assert protocol.list_depth == 3
     m = evaluate(model, CASES6, protocol)
     # ranks 2, 2 are in the 3-item list; the two rank-5 targets are beyond it and count 0 in MRR@3
@@ -134,8 +134,8 @@ def test_default_depth_is_largest_cutoff_and_bounds_mrr():
     assert m["hr@3"] == 0.5
     assert model.calls == [(4, 3, False)]
     # depth beyond the catalog behaves like the full catalog
-    deep = evaluate(FixedScores(6, default=SCORES6), CASES6, Protocol(ks=[1, 3], depth=1000))
-    assert strip(deep) == strip(evaluate(FixedScores(6, default=SCORES6), CASES6, Protocol(ks=[1, 3], depth=6)))
+    deep = evaluate(FixedScores(6, default=SCORES6), CASES6, Protocol(ks=[1, 3], selection_metric="ndcg@3", depth=1000))
+    assert strip(deep) == strip(evaluate(FixedScores(6, default=SCORES6), CASES6, Protocol(ks=[1, 3], selection_metric="ndcg@3", depth=6)))
 
 
 @pytest.mark.parametrize(
@@ -217,8 +217,8 @@ def test_exclusion_changes_exactly_the_expected_cases():
     assert in_hist.any() and (~in_hist).any()
     assert (on[in_hist] == -1).all()  # a target seen before is a miss with exclusion
     assert (on[~in_hist] <= off[~in_hist]).all()  # otherwise it can only move up
-    p_on = Protocol(ks=[5], depth=N_ITEMS, exclude_history=True)
-    p_off = Protocol(ks=[5], depth=N_ITEMS)
+    p_on = Protocol(ks=[5], depth=N_ITEMS, exclude_history=True, selection_metric="ndcg@5")
+    p_off = Protocol(ks=[5], depth=N_ITEMS, selection_metric="ndcg@5")
     assert evaluate(FixedScores(N_ITEMS, table), cases, p_on)["mrr"] == pytest.approx(metrics_from_ranks(on, [5])["mrr"])
     assert evaluate(FixedScores(N_ITEMS, table), cases, p_off)["mrr"] == pytest.approx(metrics_from_ranks(off, [5])["mrr"])
 
