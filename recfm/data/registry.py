@@ -104,7 +104,8 @@ def resolve(name_or_path: str | Path) -> tuple[str, str, Path, PrepConfig]:
         known = ", ".join(DATASETS)
         raise DatasetNotFoundError(f"'{key}' is neither a registered dataset ({known}) nor an existing path")
     fmt = detect_format(path)
-    return path.resolve().name, fmt.name, path.resolve(), PrepConfig()
+    path = path.resolve()
+    return (path.name if path.is_dir() else path.name.split(".")[0]), fmt.name, path, PrepConfig()
 
 
 def source_files(path: Path) -> list[Path]:
