@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from recfm.baselines.gru4rec import GRU4Rec, GRU4RecConfig
 from recfm.baselines.pop import MostPopular, PopConfig
+from recfm.baselines.sasrec import SASRec, SASRecConfig
 
 
 @dataclass(frozen=True)
@@ -28,5 +30,7 @@ MODELS: dict[str, ModelEntry] = {
     e.name: e
     for e in [
         ModelEntry("pop", "MostPopular: training-split item counts", PopConfig, MostPopular),
+        ModelEntry("sasrec", "SASRec: causal self-attention, full-softmax cross-entropy", SASRecConfig, SASRec),
+        ModelEntry("gru4rec", "GRU4Rec: GRU over the item sequence, full-softmax cross-entropy", GRU4RecConfig, GRU4Rec),
     ]
 }
