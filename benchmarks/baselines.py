@@ -46,12 +46,14 @@ TARGETS = {("amazon-beauty", "sasrec"): ("ndcg@10", 0.0375), ("amazon-sports", "
            ("movielens-1m", "sasrec"): ("hr@10", 0.25)}
 
 
-def run_cell(dataset: str, model: str, out_root: Path, force: bool) -> dict:
+def run_cell(dataset: str, model: str, out_root: Path, force: bool, threads: int | None = None) -> dict:
     run_dir = out_root / dataset / model
     if (run_dir / "metrics.json").is_file() and not force:
         print(f"[reuse] {run_dir}", flush=True)
     else:
         base, overrides = VARIANTS.get(model, (model, []))
+        if threads and base != "pop":
+            overrides = [*overrides, f"num_threads={threads}"]
         cmd = [sys.executable, "-m", "recfm.cli", "train", base, "--dataset", dataset, "--output", str(run_dir), "--overwrite", *overrides]
         print("[run]", shlex.join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
@@ -108,8 +110,9 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--output", type=Path, default=ROOT / "runs" / "bench")
     ap.add_argument("--force", action="store_true", help="retrain cells that already have metrics.json")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (two invocations with --threads 1 share 2 cores)")
     args = ap.parse_args()
-    results = {(d, m): run_cell(d, m, args.output, args.force) for d in args.datasets for m in args.models}
+    results = {(d, m): run_cell(d, m, args.output, args.force, args.threads) for d in args.datasets for m in args.models}
     # Table rows for every finished cell, including ones from earlier partial invocations.
     for d in DATASETS:
         for m in MODELS:
