@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers/huggingface_hub are imported
 
@@ -220,7 +219,8 @@ def test_duplicates_and_bad_sequences_raise():
         TokenTrie.from_texts(["red matte lipstick", "olay cream", "hydro boost gel", "olay  cream"], tok)
 
 
-def test_build_100k_items_is_fast():
+def test_build_100k_items():
+    # Correctness at catalog scale; build speed is measured by the performance benchmark, not here.
     gen = torch.Generator().manual_seed(0)
     vocab, n = 32000, 100_000
     heads = torch.randint(3, vocab, (3000, 3), generator=gen)  # shared prefixes
@@ -231,11 +231,8 @@ def test_build_100k_items_is_fast():
     # the last two tokens number the item: unique by construction
     seqs = [r[:h] + r[3 : 3 + t] + [3 + i % 30000, 3 + i // 30000]
             for i, (r, h, t) in enumerate(zip(rows, head_len, tail_len))]
-    t0 = time.perf_counter()
     trie = TokenTrie.from_sequences(seqs, eos_token_id=1, pad_token_id=0)
-    elapsed = time.perf_counter() - t0
     assert trie.n_items == n and trie.max_len == 3 + 7 + 2 + 1
-    assert elapsed < 5.0, f"building {len(seqs)} IDs took {elapsed:.1f} s"
     probe = seqs[:: len(seqs) // 500]
     nodes = trie.walk(torch.tensor([s[:6] for s in probe]))
     assert bool((nodes > 0).all())
