@@ -258,6 +258,19 @@ def convert_gguf(gguf_path: str | Path, alias: str | None = None, force: bool = 
 # ---------------------------------------------------------------------------------------------
 
 
+def _load_pair(auto_model, source, what: str, label: str, name_or_path, dtype, device, padding_side, pad_model: bool):
+    """Model + tokenizer from ``source``, tokenizer padded, model placed and in eval mode."""
+    tf = _transformers()
+    t0 = time.perf_counter()
+    model = _from_pretrained(getattr(tf, auto_model), source, what, dtype=_as_dtype(dtype))
+    tokenizer = _from_pretrained(tf.AutoTokenizer, source, what)
+    _finish_tokenizer(tokenizer, model if pad_model else None, padding_side)
+    _place(model, device)
+    log.info("loaded %s %s (%s) from %s in %.1f s", label, name_or_path, _n_params(model), source,
+             time.perf_counter() - t0)
+    return model, tokenizer
+
+
 def resolve_causal_lm(name_or_path: str | Path) -> str | Path:
     """The folder (or hub name) a causal LM is loaded from; converts GGUF aliases/files once."""
     entry = resolve_alias(str(name_or_path), "causal_lm")
@@ -284,16 +297,9 @@ def load_causal_lm(
     see every prompt's last token at the end; pass ``padding_side="right"`` for plain
     teacher-forced training.
     """
-    tf = _transformers()
-    t0 = time.perf_counter()
     source = resolve_causal_lm(name_or_path)
-    model = _from_pretrained(tf.AutoModelForCausalLM, source, "load_causal_lm", dtype=_as_dtype(dtype))
-    tokenizer = _from_pretrained(tf.AutoTokenizer, source, "load_causal_lm")
-    _finish_tokenizer(tokenizer, model, padding_side)
-    _place(model, device)
-    log.info("loaded causal LM %s (%s) from %s in %.1f s", name_or_path, _n_params(model), source,
-             time.perf_counter() - t0)
-    return model, tokenizer
+    return _load_pair("AutoModelForCausalLM", source, "load_causal_lm", "causal LM", name_or_path, dtype, device,
+                      padding_side, pad_model=True)
 
 
 def load_encoder(
@@ -306,17 +312,9 @@ def load_encoder(
     ``name_or_path``: an alias (``"all-minilm-l6-v2"``), a local folder or a hub name. Turn
     texts into vectors with ``recfm.models.embed_texts``.
     """
-    tf = _transformers()
-    t0 = time.perf_counter()
     entry = resolve_alias(str(name_or_path), "encoder")
     source = entry.locate() if entry is not None else name_or_path
-    model = _from_pretrained(tf.AutoModel, source, "load_encoder", dtype=_as_dtype(dtype))
-    tokenizer = _from_pretrained(tf.AutoTokenizer, source, "load_encoder")
-    _finish_tokenizer(tokenizer, None, None)
-    _place(model, device)
-    log.info("loaded encoder %s (%s) from %s in %.1f s", name_or_path, _n_params(model), source,
-             time.perf_counter() - t0)
-    return model, tokenizer
+    return _load_pair("AutoModel", source, "load_encoder", "encoder", name_or_path, dtype, device, None, pad_model=False)
 
 
 def load_seq2seq(
@@ -330,15 +328,9 @@ def load_seq2seq(
     tokenizer from ``train_tokenizer``, ``save_pretrained`` both into one folder, and pass that
     folder here. Online, a hub name such as ``"google-t5/t5-small"`` works too.
     """
-    tf = _transformers()
-    t0 = time.perf_counter()
     resolve_alias(str(name_or_path), "seq2seq")  # raises for an alias of another kind
-    model = _from_pretrained(tf.AutoModelForSeq2SeqLM, name_or_path, "load_seq2seq", dtype=_as_dtype(dtype))
-    tokenizer = _from_pretrained(tf.AutoTokenizer, name_or_path, "load_seq2seq")
-    _finish_tokenizer(tokenizer, model, None)
-    _place(model, device)
-    log.info("loaded seq2seq %s (%s) in %.1f s", name_or_path, _n_params(model), time.perf_counter() - t0)
-    return model, tokenizer
+    return _load_pair("AutoModelForSeq2SeqLM", name_or_path, "load_seq2seq", "seq2seq", name_or_path, dtype, device,
+                      None, pad_model=True)
 
 
 def load_tokenizer(name_or_path: str | Path, padding_side: str | None = None):
