@@ -120,14 +120,12 @@ def data_info(dataset: str = typer.Argument(..., help="registered name or folder
 @data_app.command("prepare")
 def data_prepare(
     dataset: str = typer.Argument(..., help="registered name or folder path"),
-    no_cache: bool = typer.Option(False, "--no-cache", help="rebuild even if a cached copy exists"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="rebuild from the source and replace the cached copy"),
 ) -> None:
     """Load, filter, order and cache a dataset as Parquet."""
     with user_errors():
         start = time.perf_counter()
-        ds = load_dataset(dataset, use_cache=not no_cache)
-        if no_cache:  # refresh the cache entry too
-            load_dataset(dataset)
+        ds = load_dataset(dataset, refresh=no_cache)
     out.print(f"{ds.name}: {ds.stats()} ({time.perf_counter() - start:.1f}s)")
 
 

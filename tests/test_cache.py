@@ -230,3 +230,20 @@ def test_interrupted_save_leaves_no_cache_entry(tmp_path, cache_dir, monkeypatch
     monkeypatch.setenv("RECFM_CACHE_DIR", str(cache_dir))
     assert load_dataset(folder).n_users == 6
     assert len(entries(cache_dir)) == 1
+
+
+def test_refresh_rebuilds_once_and_replaces_the_entry(tmp_path, monkeypatch):
+    from recfm.data import registry
+
+    monkeypatch.setenv("RECFM_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    (folder / "user_sequence.txt").write_text("\n".join(f"u{u} a b c d e" for u in range(6)) + "\n")
+    registry.load_dataset(folder)
+    calls = []
+    real = registry.preprocess
+    monkeypatch.setattr(registry, "preprocess", lambda *a, **k: calls.append(1) or real(*a, **k))
+    registry.load_dataset(folder, refresh=True)
+    assert calls == [1]
+    entries = [p for p in (tmp_path / "cache" / "prepared").iterdir()]
+    assert len(entries) == 1 and (entries[0] / "meta.json").is_file()

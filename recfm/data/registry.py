@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -112,13 +113,16 @@ def source_files(path: Path) -> list[Path]:
     return [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
 
 
-def load_dataset(name_or_path: str | Path, prep: PrepConfig | None = None, use_cache: bool = True) -> SequenceDataset:
-    """Load, preprocess and cache a dataset. ``prep`` overrides the dataset's default preprocessing."""
+def load_dataset(
+    name_or_path: str | Path, prep: PrepConfig | None = None, use_cache: bool = True, refresh: bool = False
+) -> SequenceDataset:
+    """Load, preprocess and cache a dataset. ``prep`` overrides the dataset's default preprocessing;
+    ``refresh`` rebuilds from the source and replaces the cache entry."""
     name, fmt, path, default_prep = resolve(name_or_path)
     prep = prep or default_prep
     key = cache_key(FORMAT_VERSION, fmt, fingerprint_files(source_files(path)), prep.model_dump())
     target = cache_root() / "prepared" / f"{name}-{key}"
-    if use_cache and (target / "meta.json").is_file():
+    if use_cache and not refresh and (target / "meta.json").is_file():
         log.info("%s: prepared data from cache %s", name, target)
         return SequenceDataset.load(target)
     log.info("%s: reading %s (%s)", name, path, fmt)
@@ -127,5 +131,7 @@ def load_dataset(name_or_path: str | Path, prep: PrepConfig | None = None, use_c
     if use_cache:
         with atomic_directory(target) as tmp:
             dataset.save(tmp)
+            if refresh:  # the new copy is complete: only now drop the old one
+                shutil.rmtree(target, ignore_errors=True)
         log.info("%s: cached prepared data in %s", name, target)
     return dataset
