@@ -163,17 +163,64 @@ def train(
 def evaluate_cmd(
     run: Path = typer.Option(..., "--run", "-r", help="run directory made by `recfm train`"),
     exclude_history: Optional[bool] = typer.Option(None, "--exclude-history/--keep-history", help="override the run's protocol"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="score on another dataset (zero-shot; textid)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="also write the metrics to this JSON file"),
 ) -> None:
     """Re-load a trained run and score validation and test with its recorded protocol."""
+    from recfm.data.cache import atomic_write_json
     from recfm.runs import evaluate_run
 
     with user_errors(), progress_bars() as bars:
-        metrics = evaluate_run(run, progress=bars, exclude_history=exclude_history)
+        metrics = evaluate_run(run, progress=bars, exclude_history=exclude_history, dataset=dataset)
+    if output is not None:
+        atomic_write_json(output, metrics)
     if as_json:
         out.print_json(json.dumps(metrics))
     else:
         _print_metrics_table([metrics], title=f"{metrics['model']} on {metrics['dataset']} (run: {run})")
+
+
+@app.command("recommend")
+def recommend(
+    run: Path = typer.Option(..., "--run", "-r", help="run directory made by `recfm train`"),
+    history: Optional[str] = typer.Option(None, "--history", help="comma-separated item ids of the dataset, oldest first"),
+    user: Optional[str] = typer.Option(None, "--user", help="a dataset user: recommend after all but their last item"),
+    k: int = typer.Option(10, "--k", "-k", min=1),
+    exclude_history: bool = typer.Option(False, "--exclude-history", help="never recommend an item of the history"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Top-K items of a trained run for a history: item ids, textual IDs (textid runs), titles, scores."""
+    from recfm.runs import recommend_items
+
+    if (history is None) == (user is None):
+        _print_error(ValueError("give exactly one of --history ITEM,ITEM,... or --user USER_ID"))
+        raise typer.Exit(2)
+    items = [h.strip() for h in history.split(",") if h.strip()] if history is not None else None
+    with user_errors():
+        result = recommend_items(run, items, k, user=user, exclude_history=exclude_history)
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    hist = Table(title=f"history ({len(result['history'])} items, newest last)")
+    recs = Table(title=f"top {k}: {result['model']} on {result['dataset']} (run: {run})")
+    for table in (hist, recs):
+        if table is recs:
+            table.add_column("rank", justify="right")
+        for col in ("item id", "textual id", "title"):
+            table.add_column(col)
+    recs.add_column("score", justify="right")
+    for h in result["history"][-10:]:
+        hist.add_row(h["item_id"], h["textual_id"] or "-", h["title"])
+    for r in result["recommendations"]:
+        recs.add_row(str(r["rank"]), r["item_id"], r["textual_id"] or "-", r["title"], f"{r['score']:.4f}")
+    out.print(hist)
+    out.print(recs)
+    if result["held_out"]:
+        h = result["held_out"]
+        hit = next((r["rank"] for r in result["recommendations"] if r["item_id"] == h["item_id"]), None)
+        where = f"rank {hit}" if hit else f"not in the top {k}"
+        out.print(f"held-out next item: {h['item_id']} {h['textual_id'] or ''} ({h['title']}): {where}")
 
 
 @app.command("compare")

@@ -4,7 +4,8 @@ A run directory holds:
     config.yaml    the fully resolved configuration (re-runnable with --config)
     metrics.json   dataset, model, protocol, valid and test metrics, timings
     train.log      everything logged while training
-    model/         the model's weights (safetensors or JSON, never pickle)
+    model/         the model's weights (safetensors or JSON, never pickle); text-based models
+                   (textid) keep recommender/, id_generator/ and item_ids.tsv in the run directory
 """
 
 from __future__ import annotations
@@ -76,11 +77,11 @@ def train_run(
         torch.manual_seed(run.seed)
         split = data.split()
         log.info("%s: %s", data.name, data.stats())
-        recommender = entry.model(model_cfg, data.n_items)
+        recommender = entry.model(model_cfg, data.n_items, **_catalog_kwargs(entry, data, dataset))
         start = time.perf_counter()
         history = recommender.fit(split, run.protocol, log=log.info)
         train_seconds = time.perf_counter() - start
-        recommender.save(output / "model")
+        recommender.save(output / entry.weights_dir)
         metrics = {
             "dataset": data.name,
             "model": model,
@@ -102,6 +103,16 @@ def train_run(
         handler.close()
 
 
+def _catalog_kwargs(entry, data, dataset: str) -> dict:
+    if not getattr(entry.model, "uses_catalog", False):
+        return {}
+    from recfm.data.registry import DATASETS, resolve
+    from recfm.textid.training import Catalog
+
+    source = resolve(dataset)[2] if (dataset in DATASETS or Path(dataset).exists()) else None
+    return {"catalog": Catalog.of(data, source if source is not None and source.is_dir() else None)}
+
+
 def load_run(run_dir: Path):
     """(run config, dataset, fitted recommender) of a finished run directory."""
     run_dir = Path(run_dir)
@@ -111,17 +122,33 @@ def load_run(run_dir: Path):
     entry = model_entry(run.model["name"])
     model_cfg = entry.config.model_validate(run.model)
     data = load_dataset(run.dataset, run.prep)
-    if not (run_dir / "model").is_dir():
-        raise RunError(f"{run_dir} has no model/ folder: training did not finish")
-    return run, data, entry.model.load(run_dir / "model", model_cfg, data.n_items)
+    weights = run_dir / entry.weights_dir
+    if entry.weights_dir and not weights.is_dir():
+        raise RunError(f"{run_dir} has no {entry.weights_dir}/ folder: training did not finish")
+    try:
+        model = entry.model.load(weights, model_cfg, data.n_items, **_catalog_kwargs(entry, data, run.dataset))
+    except FileNotFoundError as e:
+        raise RunError(str(e)) from None
+    return run, data, model
 
 
-def evaluate_run(run_dir: Path, progress=None, exclude_history: bool | None = None) -> dict:
-    """Re-score a finished run on validation and test with its recorded protocol."""
+def evaluate_run(run_dir: Path, progress=None, exclude_history: bool | None = None, dataset: str | None = None) -> dict:
+    """Re-score a finished run on validation and test with its recorded protocol. ``dataset``: score
+    it on another dataset instead (zero-shot; only models that map item text to IDs can)."""
     run, data, recommender = load_run(run_dir)
     protocol = run.protocol
     if exclude_history is not None:
         protocol = protocol.model_copy(update={"exclude_history": exclude_history})
+    extra: dict = {}
+    if dataset is not None and dataset != run.dataset:
+        if not hasattr(recommender, "for_catalog"):
+            raise RunError(f"{run.model['name']} cannot score an unseen dataset: its items are learned ids, "
+                           "not text (zero-shot needs a text-based model such as textid)")
+        from recfm.textid.training import Catalog
+
+        data = load_dataset(dataset)
+        recommender = recommender.for_catalog(Catalog.of(data))
+        extra = {"trained_on": run.dataset, "zero_shot": True, **recommender.report}
     split = data.split()
     return {
         "dataset": data.name,
@@ -129,6 +156,7 @@ def evaluate_run(run_dir: Path, progress=None, exclude_history: bool | None = No
         "protocol": protocol.describe(),
         "valid": _evaluate(recommender, split.valid, protocol, "valid", progress),
         "test": _evaluate(recommender, split.test, protocol, "test", progress),
+        **extra,
     }
 
 
@@ -150,3 +178,36 @@ def _environment() -> dict:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def recommend_items(run_dir: Path, history: list[str] | None = None, k: int = 10, *, user: str | None = None,
+                    exclude_history: bool = False) -> dict:
+    """Top-k items of a trained run for a history of the dataset's item ids, or for a dataset user
+    (their test-time history: every item but the held-out last one, shown as ``held_out``)."""
+    run, data, model = load_run(run_dir)
+    index = data.item_index()
+    held_out = None
+    if user is not None:
+        if user not in data.user_ids:
+            raise RunError(f"user {user!r} is not in {data.name} (e.g. {', '.join(data.user_ids[:3])})")
+        seq = data.sequence(data.user_ids.index(user)).tolist()
+        hist, held_out = seq[:-1], seq[-1]
+    else:
+        unknown = [h for h in history or [] if h not in index]
+        if unknown:
+            raise RunError(f"{len(unknown)} item ids are not in {data.name}: {unknown[:5]} "
+                           f"(item ids are the dataset's own, e.g. {', '.join(data.item_ids[:3])})")
+        hist = [index[h] for h in history or []]
+    if not hist:
+        raise RunError("the history is empty: give --history ITEM,ITEM,... or --user USER_ID")
+    top = model.recommend([hist], k, exclude=[set(hist)] if exclude_history else None)
+    ids = model.textual_ids() if hasattr(model, "textual_ids") else None
+
+    def describe(i: int) -> dict:
+        return {"item_id": data.item_ids[i - 1], "textual_id": ids[i] if ids else None, "title": data.item_titles[i - 1]}
+
+    recs = [{"rank": r + 1, **describe(int(i)), "score": round(float(s), 5)}
+            for r, (i, s) in enumerate(zip(top.items[0], top.scores[0])) if i > 0]
+    return {"run": str(run_dir), "model": run.model["name"], "dataset": data.name,
+            "history": [describe(i) for i in hist], "held_out": describe(held_out) if held_out else None,
+            "recommendations": recs}

@@ -5,6 +5,10 @@ Every model class follows one contract:
     model.fit(split, protocol, log)   # sees split.train and split.valid only; selects on validation
     model.recommend(histories, k, exclude)  # the Recommender seam
     model.save(dir); Model.load(dir, config, n_items)
+
+Models that read item text (``uses_catalog = True`` on the class, e.g. ``textid``) also take
+``catalog=`` (a ``recfm.textid.training.Catalog``: item keys, texts, titles) in both calls.
+``weights_dir`` is where a run keeps the weights ("" = the run directory itself).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pydantic import BaseModel
 from recfm.baselines.gru4rec import GRU4Rec, GRU4RecConfig
 from recfm.baselines.pop import MostPopular, PopConfig
 from recfm.baselines.sasrec import SASRec, SASRecConfig
+from recfm.textid.training import TextIDConfig, TextIDModel
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,7 @@ class ModelEntry:
     description: str
     config: type[BaseModel]
     model: type
+    weights_dir: str = "model"
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -32,5 +38,7 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("pop", "MostPopular: training-split item counts", PopConfig, MostPopular),
         ModelEntry("sasrec", "SASRec: causal self-attention, full-softmax cross-entropy", SASRecConfig, SASRec),
         ModelEntry("gru4rec", "GRU4Rec: GRU over the item sequence, full-softmax cross-entropy", GRU4RecConfig, GRU4Rec),
+        ModelEntry("textid", "IDGenRec: a language model writes the next item's textual ID (trie-constrained)",
+                   TextIDConfig, TextIDModel, weights_dir=""),
     ]
 }

@@ -101,3 +101,32 @@ class SequenceDataset:
             items=inter.get_column("item").to_numpy().astype(np.int64),
             timestamps=inter.get_column("timestamp").to_numpy().astype(np.float64),
         )
+
+
+def concat_datasets(datasets: list[SequenceDataset], name: str | None = None) -> SequenceDataset:
+    """One dataset from several (e.g. to train a transferable model): users and items are kept
+    apart, their ids prefixed with the source name (``movielens-100k/50``)."""
+    if not datasets:
+        raise ValueError("concat_datasets needs at least one dataset")
+    item_ids, item_text, item_titles, user_ids, lengths, items, stamps = [], [], [], [], [], [], []
+    base = 0
+    for ds in datasets:
+        item_ids += [f"{ds.name}/{i}" for i in ds.item_ids]
+        item_text += ds.item_text
+        item_titles += ds.item_titles
+        user_ids += [f"{ds.name}/{u}" for u in ds.user_ids]
+        lengths.append(np.diff(ds.offsets))
+        items.append(ds.items + base)
+        stamps.append(ds.timestamps)
+        base += ds.n_items
+    counts = np.concatenate(lengths)
+    return SequenceDataset(
+        name=name or "+".join(ds.name for ds in datasets),
+        item_ids=item_ids,
+        item_text=item_text,
+        item_titles=item_titles,
+        user_ids=user_ids,
+        offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        items=np.concatenate(items).astype(np.int64),
+        timestamps=np.concatenate(stamps).astype(np.float64),
+    )

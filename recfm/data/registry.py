@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from recfm.data.cache import atomic_directory, cache_key, cache_root, fingerprint_files
-from recfm.data.dataset import FORMAT_VERSION, SequenceDataset
+from recfm.data.dataset import concat_datasets, FORMAT_VERSION, SequenceDataset
 from recfm.data.preprocess import PrepConfig, preprocess
 from recfm.data.sources import FORMATS, detect_format
 
@@ -117,7 +117,12 @@ def load_dataset(
     name_or_path: str | Path, prep: PrepConfig | None = None, use_cache: bool = True, refresh: bool = False
 ) -> SequenceDataset:
     """Load, preprocess and cache a dataset. ``prep`` overrides the dataset's default preprocessing;
-    ``refresh`` rebuilds from the source and replaces the cache entry."""
+    ``refresh`` rebuilds from the source and replaces the cache entry. ``"a+b"`` joins several
+    datasets (each prepared on its own; see ``concat_datasets``)."""
+    key = str(name_or_path)
+    if "+" in key and key not in DATASETS and not Path(key).expanduser().exists():
+        parts = [p for p in key.split("+") if p]
+        return concat_datasets([load_dataset(p, prep, use_cache, refresh) for p in parts])
     name, fmt, path, default_prep = resolve(name_or_path)
     prep = prep or default_prep
     key = cache_key(FORMAT_VERSION, fmt, fingerprint_files(source_files(path)), prep.model_dump())

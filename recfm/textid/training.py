@@ -1,0 +1,553 @@
+"""IDGenRec training: initial IDs, the base recommender, the ID generator, alternate rounds.
+
+``TextIDModel`` is the ``textid`` row of the model table. ``fit`` runs, for ``rounds`` rounds:
+
+1. item IDs: round 1 takes the initial IDs (``initial_ids``: the paper's table, extractive words
+   or LLM keywords; made unique by the suffix rule); later rounds regenerate all IDs with the
+   current generator by batched Algorithm 1 (``recfm.textid.idgen.assign_unique_ids``);
+2. the recommender, generator frozen: ``rec_epochs`` of teacher forcing on every training prefix
+   (one of the 10 templates sampled per instance), selected on validation;
+3. the generator, recommender frozen (not after the last round, whose IDs the recommender was
+   trained on): the expected token embedding ``softmax(generator logits) @ E_rec`` replaces the
+   history's ID tokens in the prompt and the recommendation loss trains the generator.
+
+``strategy`` gives the paper's ablations: ``rec_only`` (step 2 only), ``id_only`` (step 3 only,
+the recommender stays as loaded) and ``alternate``. ``prompt_ids`` picks item IDs, user IDs or
+both. The best validation state over all rounds (weights, IDs and generator together) is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from recfm.data.split import LeaveOneOut
+from recfm.evaluation.protocol import Protocol, evaluate
+from recfm.textid.idgen import IDGenerator, InitialIds, UniqueIdConfig, initial_ids, make_unique, normalize_id
+from recfm.textid.prompts import TEMPLATES, PromptBuilder
+from recfm.textid.recommender import ITEM_IDS_FILE, ItemIdTable, TextIDRecommender, id_prefix, pad_rows
+
+log = logging.getLogger("recfm.textid")
+
+T5_PREFIX = "t5-"  # "t5-tiny" / "t5-mini" / "t5-small": built from a config on a catalog tokenizer
+REPORT_FILE = "textid.json"
+
+
+class TextIDConfig(BaseModel):
+    """Configuration of the ``textid`` model (IDGenRec). Defaults follow the paper where it says;
+    ``configs/textid-*.yaml`` hold the CPU presets and ``configs/textid-paper.yaml`` the paper's sizes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "textid"
+    backbone: str = Field("t5-small", description="t5-tiny|t5-mini|t5-small (from config), a seq2seq or causal "
+                          "LM path / hub name, or an offline alias such as smollm2-135m-instruct")
+    t5: dict[str, Any] = Field(default_factory=dict, description="T5Config overrides for t5-* backbones")
+    generator: str = Field("tiny", description="size of the T5 ID generator (tiny|mini|small), built on the shared tokenizer")
+    vocab_size: int = Field(8000, ge=64, description="catalog tokenizer size (t5-* backbones)")
+    lora_r: int = Field(0, ge=0, description=">0: train LoRA adapters of this rank (peft) instead of all weights")
+    lora_alpha: int = Field(32, ge=1)
+    initial_ids: InitialIds = Field(default_factory=InitialIds)
+    unique: UniqueIdConfig = Field(default_factory=UniqueIdConfig)
+    prompt_ids: Literal["item", "user", "both"] = "both"
+    strategy: Literal["rec_only", "id_only", "alternate"] = "alternate"
+    rounds: int = Field(3, ge=1)
+    rec_epochs: int = Field(10, ge=0)
+    gen_epochs: int = Field(1, ge=0)
+    rec_lr: float = Field(1e-3, gt=0)
+    gen_lr: float = Field(1e-8, gt=0)
+    gen_max_instances: int | None = Field(None, ge=1, description="cap on training instances per generator epoch")
+    warm_start_epochs: int = Field(1, ge=0, description="generator epochs on (item text -> initial ID) first")
+    warm_start_lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    max_history: int = Field(20, ge=1, description="most recent history items in a prompt")
+    max_instances_per_user: int | None = Field(None, ge=1, description="train on each user's most recent prefixes only")
+    max_prompt_tokens: int = Field(512, ge=16)
+    num_beams: int = Field(20, ge=1)
+    eval_template: int = Field(0, ge=0, lt=len(TEMPLATES))
+    eval_batch_size: int = Field(64, ge=1)
+    valid_sample: int = Field(0, ge=0, description="validation cases used for epoch selection (0 = all)")
+    eval_every: int = Field(1, ge=1)
+    patience: int = Field(3, ge=1)
+    max_train_minutes: float | None = Field(None, gt=0)
+    num_threads: int | None = Field(None, ge=1)
+    device: str = "cpu"
+    seed: int = 0
+
+
+@dataclass
+class Catalog:
+    """What the text-based model knows of a dataset's items (never its interactions)."""
+
+    item_keys: list[str]
+    texts: list[str]
+    titles: list[str]
+    source_dir: Path | None = None
+
+    @classmethod
+    def of(cls, data, source_dir: Path | None = None) -> "Catalog":
+        return cls(list(data.item_ids), list(data.item_text), list(data.item_titles), source_dir)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_keys)
+
+
+# -- backbones --------------------------------------------------------------------------------
+def _is_seq2seq_folder(path: str) -> bool | None:
+    cfg = Path(path) / "config.json"
+    if cfg.is_file():
+        return bool(json.loads(cfg.read_text()).get("is_encoder_decoder", False))
+    return None
+
+
+def load_backbone(name: str, catalog_texts: Sequence[str], cfg: TextIDConfig, extra_texts: Sequence[str] = ()):
+    """(model, tokenizer) of the recommender; t5-* sizes get a tokenizer trained on the catalog."""
+    from recfm.models import build_seq2seq, load_causal_lm, load_seq2seq, train_tokenizer
+    from recfm.models.registry import resolve_alias
+
+    if name.startswith(T5_PREFIX):
+        tok = train_tokenizer([*catalog_texts, *extra_texts, *TEMPLATES], vocab_size=cfg.vocab_size, lowercase=True)
+        return build_seq2seq(name[len(T5_PREFIX):], tok, seed=cfg.seed, **cfg.t5), tok
+    alias = resolve_alias(name)
+    seq2seq = _is_seq2seq_folder(name)
+    if alias is not None and alias.kind == "causal-lm" or seq2seq is False:
+        model, tok = load_causal_lm(name)
+    elif seq2seq is True or alias is None:
+        try:
+            model, tok = load_seq2seq(name)
+        except Exception:  # a hub name of a decoder-only model
+            model, tok = load_causal_lm(name)
+    else:
+        raise ValueError(f"backbone {name!r} is an encoder, not a generative model")
+    if cfg.lora_r:
+        model = _with_lora(model, cfg)
+    return model, tok
+
+
+def _with_lora(model, cfg: TextIDConfig):
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q", "k", "v", "o"] if getattr(model.config, "is_encoder_decoder", False) else ["q_proj", "k_proj", "v_proj", "o_proj"]
+    peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.05, target_modules=targets)
+    return get_peft_model(model, peft_cfg)
+
+
+def check_shared_vocabulary(generator: IDGenerator, recommender_model, tokenizer) -> None:
+    """The soft-embedding step multiplies generator probabilities by the recommender's embedding
+    matrix: both must index the same vocabulary."""
+    gen_vocab = generator.model.get_output_embeddings().weight.shape[0]
+    rec_rows = recommender_model.get_input_embeddings().weight.shape[0]
+    if generator.tokenizer.get_vocab() != tokenizer.get_vocab() or gen_vocab > rec_rows:
+        raise ValueError(
+            "the ID generator and the recommender must share one tokenizer (generator vocabulary "
+            f"{gen_vocab}, recommender embedding rows {rec_rows}); build the generator on the recommender's "
+            "tokenizer (TextIDModel does) instead of loading one with its own vocabulary"
+        )
+
+
+# -- user IDs ---------------------------------------------------------------------------------
+class UserIds:
+    """User textual IDs made by the generator from the titles of the history it is given (the
+    model input), cached per history; ``clear()`` after the generator changes."""
+
+    def __init__(self, generator: IDGenerator, titles: Sequence[str], max_chars: int = 600):
+        self.generator = generator
+        self.titles = titles
+        self.max_chars = max_chars
+        self.prefix = id_prefix(generator.tokenizer)
+        self.cache: dict[tuple[int, ...], list[int]] = {}
+        self.seen_texts = 0  # how many histories were turned into user IDs (tests read it)
+
+    def text(self, window: Sequence[int]) -> str:
+        return "; ".join(self.titles[i - 1] for i in reversed(window))[: self.max_chars]
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+    def __call__(self, windows: Sequence[Sequence[int]]) -> list[list[int]]:
+        keys = [tuple(int(i) for i in w) for w in windows]
+        todo = sorted({k for k in keys if k not in self.cache})
+        if todo:
+            self.seen_texts += len(todo)
+            ids = self.generator.generate_ids([self.text(k) for k in todo], num_groups=1, max_new_tokens=9)
+            tok = self.generator.tokenizer
+            enc = tok([self.prefix + normalize_id(c[0] if c else "") for c in ids], add_special_tokens=False)["input_ids"]
+            self.cache.update(zip(todo, enc))
+        return [self.cache[k] for k in keys]
+
+
+# -- training instances -----------------------------------------------------------------------
+def training_instances(train: Sequence[np.ndarray], per_user: int | None = None) -> np.ndarray:
+    """``[n, 2]`` (user, position): every training prefix predicts its next item (``per_user``: only
+    each user's most recent ones). Only ``split.train`` is read, so no validation or test target is
+    ever a training target or input."""
+    rows = [(u, j) for u, seq in enumerate(train)
+            for j in range(max(1, len(seq) - per_user) if per_user else 1, len(seq))]
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def instance_batches(instances: np.ndarray, train, batch_size: int, rng: np.random.Generator,
+                     max_history: int, pool: int = 50) -> list[np.ndarray]:
+    """Shuffled batches; inside pools of ``pool`` batches, instances of similar history length go
+    together (less padding), then the batches are shuffled again."""
+    perm = rng.permutation(len(instances))
+    lengths = np.minimum(instances[perm, 1], max_history)
+    out = []
+    span = batch_size * pool
+    for s in range(0, len(perm), span):
+        chunk = perm[s : s + span][np.argsort(lengths[s : s + span], kind="stable")]
+        out += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(out)
+    return out
+
+
+def _histories(instances: np.ndarray, rows: np.ndarray, train) -> tuple[list[np.ndarray], np.ndarray]:
+    hist = [train[u][:j] for u, j in instances[rows]]
+    targets = np.asarray([train[u][j] for u, j in instances[rows]], dtype=np.int64)
+    return hist, targets
+
+
+# -- the model-table entry --------------------------------------------------------------------
+class TextIDModel:
+    """IDGenRec behind the model-table contract (``fit`` / ``recommend`` / ``save`` / ``load``)."""
+
+    uses_catalog = True
+
+    def __init__(self, config: TextIDConfig, n_items: int, catalog: Catalog):
+        if catalog.n_items != n_items:
+            raise ValueError(f"catalog has {catalog.n_items} items, dataset {n_items}")
+        self.config = config
+        self.catalog = catalog
+        self.n_items = n_items
+        self.generator: IDGenerator | None = None
+        self.rec: TextIDRecommender | None = None
+        self.report: dict[str, Any] = {}
+
+    # -- the seam ---------------------------------------------------------------------------
+    def recommend(self, histories, k, exclude=None):
+        if self.rec is None:
+            raise RuntimeError("TextIDModel is not trained: call fit() or load()")
+        return self.rec.recommend(histories, k, exclude)
+
+    def textual_ids(self) -> list[str]:
+        return self.rec.items.texts if self.rec else []
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _initial_ids(self) -> tuple[list[str], dict]:
+        cfg = self.config.initial_ids
+        if cfg.kind == "table" and cfg.path and cfg.path.startswith("dataset:"):
+            if self.catalog.source_dir is None:
+                raise ValueError(f"initial_ids.path {cfg.path!r} needs a dataset folder; give a file path instead")
+            cfg = cfg.model_copy(update={"path": str(self.catalog.source_dir / cfg.path[len("dataset:"):])})
+        ids, report = initial_ids(self.catalog.item_keys, self.catalog.texts, cfg, progress=True)
+        ids, suffixed = make_unique([normalize_id(x) for x in ids])
+        rep = report.as_dict()
+        rep["suffixed"] = rep.get("suffixed", 0) + suffixed
+        return ids, rep
+
+    def _build(self, log_fn: Callable[[str], None]) -> list[str]:
+        cfg = self.config
+        ids0, report = self._initial_ids()
+        self.report["initial_ids"] = report
+        log_fn(f"initial IDs ({cfg.initial_ids.kind}): {report['items']} items, {report.get('fallbacks', 0)} fallbacks, "
+               f"{report['suffixed']} suffixed; e.g. {ids0[:3]}")
+        model, tok = load_backbone(cfg.backbone, [t.lower() for t in self.catalog.texts], cfg, extra_texts=ids0)
+        from recfm.models import build_seq2seq
+
+        self.generator = IDGenerator(build_seq2seq(cfg.generator, tok, seed=cfg.seed + 1), tok)
+        check_shared_vocabulary(self.generator, model, tok)
+        builder = PromptBuilder(tok, with_user=cfg.prompt_ids != "item", with_items=cfg.prompt_ids != "user",
+                                max_tokens=cfg.max_prompt_tokens)
+        users = UserIds(self.generator, self.catalog.titles) if cfg.prompt_ids != "item" else None
+        self.rec = TextIDRecommender(model.to(cfg.device), tok, ItemIdTable.build(ids0, tok), builder,
+                                     max_history=cfg.max_history, num_beams=cfg.num_beams,
+                                     eval_template=cfg.eval_template, eval_batch_size=cfg.eval_batch_size,
+                                     user_ids=users)
+        self.generator.model.to(cfg.device)
+        if cfg.warm_start_epochs:
+            t0 = time.perf_counter()
+            losses = self.generator.warm_start(self.catalog.texts, ids0, epochs=cfg.warm_start_epochs,
+                                               lr=cfg.warm_start_lr, seed=cfg.seed)
+            self.report["generator_warm_start"] = {"epochs": cfg.warm_start_epochs, "losses": losses,
+                                                   "seconds": round(time.perf_counter() - t0, 1)}
+            log_fn(f"generator warm start: loss {losses[-1]:.3f} after {cfg.warm_start_epochs} epochs")
+        return ids0
+
+    # -- fit --------------------------------------------------------------------------------
+    def fit(self, split: LeaveOneOut, protocol: Protocol | None = None, log: Callable[[str], None] = print) -> dict:
+        protocol = protocol or Protocol()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.config.num_threads or os.cpu_count() or 1)
+        torch.set_flush_denormal(True)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.config.seed)
+                return self._fit(split, protocol, log)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, split: LeaveOneOut, protocol: Protocol, log_fn: Callable[[str], None]) -> dict:
+        cfg = self.config
+        start = time.perf_counter()
+        budget = cfg.max_train_minutes * 60 if cfg.max_train_minutes else math.inf
+        self._build(log_fn)
+        instances = training_instances(split.train, cfg.max_instances_per_user)
+        if len(instances) == 0:
+            raise ValueError("no training sequence has two or more items")
+        rng = np.random.default_rng(cfg.seed)
+        valid = split.valid
+        if cfg.valid_sample and cfg.valid_sample < len(valid):
+            valid = valid.subset(np.sort(rng.choice(len(valid), cfg.valid_sample, replace=False)))
+        rec_model = self.rec.model
+        optimizer = torch.optim.AdamW([p for p in rec_model.parameters() if p.requires_grad], lr=cfg.rec_lr)
+        log_fn(f"textid: {len(instances)} training instances, {len(valid)} validation cases for selection, "
+               f"{sum(p.numel() for p in rec_model.parameters()) / 1e6:.1f}M recommender parameters, "
+               f"strategy {cfg.strategy}, prompt IDs {cfg.prompt_ids}, {torch.get_num_threads()} threads")
+        metric = protocol.selection_metric
+        best: dict[str, Any] = {"value": -math.inf}
+        history: list[dict] = []
+        rounds: list[dict] = []
+        stopped = "completed"
+        for r in range(1, cfg.rounds + 1):
+            round_info: dict[str, Any] = {"round": r}
+            if r > 1 and cfg.strategy != "rec_only":
+                round_info["assign"] = self._regenerate_ids(log_fn)
+            if cfg.strategy != "id_only":
+                stopped = self._train_recommender(r, instances, split.train, valid, protocol, optimizer, rng, best,
+                                                  history, start, budget, log_fn)
+            else:
+                self._select(r, 0, valid, protocol, best, history, log_fn)
+            if cfg.strategy != "rec_only" and r < cfg.rounds and stopped != "budget":
+                round_info["generator"] = self._train_generator(instances, split.train, rng, log_fn)
+            rounds.append(round_info)
+            if stopped == "budget":
+                break
+        self._restore(best)
+        total = time.perf_counter() - start
+        log_fn(f"textid: done in {total:.0f}s ({stopped}); best round {best.get('round')} epoch {best.get('epoch')} "
+               f"valid {metric} {best['value']:.5f}")
+        self.report["rounds"] = rounds
+        return {"best_round": best.get("round"), "best_epoch": best.get("epoch"), "best_valid": best.get("valid", {}),
+                "stopped": stopped, "seconds": round(total, 1), "history": history, "rounds": rounds,
+                "initial_ids": self.report.get("initial_ids"), "training_instances": int(len(instances))}
+
+    def _select(self, r: int, epoch: int, valid, protocol, best: dict, history: list, log_fn, row: dict | None = None):
+        row = row if row is not None else {"round": r, "epoch": epoch}
+        m = evaluate(self.rec, valid, protocol)
+        row["valid"] = {k: round(v, 6) for k, v in m.items() if k not in ("cases", "eval_seconds")}
+        row["valid_seconds"] = round(m["eval_seconds"], 1)
+        metric = protocol.selection_metric
+        if m[metric] > best["value"]:
+            best.update(value=m[metric], round=r, epoch=epoch, valid=row["valid"], state=self._snapshot())
+        history.append(row)
+        log_fn(f"round {r} epoch {epoch}: valid {metric} {m[metric]:.5f} hr@10 {m.get('hr@10', math.nan):.5f} "
+               f"(best {best['value']:.5f}) [{m['eval_seconds']:.0f}s eval]")
+        return m[metric]
+
+    def _snapshot(self) -> dict:
+        return {"rec": {k: v.detach().clone() for k, v in self.rec.model.state_dict().items()},
+                "gen": {k: v.detach().clone() for k, v in self.generator.model.state_dict().items()},
+                "items": self.rec.items}
+
+    def _restore(self, best: dict) -> None:
+        state = best.get("state")
+        if state is None:
+            return
+        self.rec.model.load_state_dict(state["rec"])
+        self.generator.model.load_state_dict(state["gen"])
+        self.rec.items = state["items"]
+        if self.rec.user_ids is not None:
+            self.rec.user_ids.clear()
+        self.rec.model.eval()
+
+    def _train_recommender(self, r, instances, train, valid, protocol, optimizer, rng, best, history, start, budget,
+                           log_fn) -> str:
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        model = self.rec.model
+        since_best = 0
+        for epoch in range(1, cfg.rec_epochs + 1):
+            t0 = time.perf_counter()
+            batches = instance_batches(instances, train, cfg.batch_size, rng, cfg.max_history)
+            model.train()
+            total, count = 0.0, 0
+            bar = tqdm(batches, desc=f"round {r} epoch {epoch}", unit="batch", mininterval=5)
+            for rows in bar:
+                hist, targets = _histories(instances, rows, train)
+                templates = rng.integers(0, len(TEMPLATES), size=len(rows)).tolist()
+                loss = self.rec.loss(self.rec.batch(self.rec.prompts(hist, templates), targets))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                total += float(loss.detach()) * len(rows)
+                count += len(rows)
+                if time.perf_counter() - start > budget:
+                    break
+            bar.close()
+            model.eval()
+            row = {"round": r, "epoch": epoch, "loss": round(total / max(count, 1), 5),
+                   "train_seconds": round(time.perf_counter() - t0, 1)}
+            over = time.perf_counter() - start > budget
+            if epoch % cfg.eval_every == 0 or epoch == cfg.rec_epochs or over:
+                before = best["value"]
+                self._select(r, epoch, valid, protocol, best, history, log_fn, row)
+                since_best = 0 if best["value"] > before else since_best + 1
+            else:
+                history.append(row)
+            log_fn(f"round {r} epoch {epoch}: loss {row['loss']:.4f} [{row['train_seconds']:.0f}s train, "
+                   f"{time.perf_counter() - start:.0f}s total]")
+            if over:
+                return "budget"
+            if since_best >= cfg.patience:
+                return "patience"
+        return "completed"
+
+    def _regenerate_ids(self, log_fn) -> dict:
+        ids, stats = self.generator.assign(self.catalog.texts, self.config.unique, progress=True)
+        self.rec.items = ItemIdTable.build(ids, self.rec.tokenizer)
+        if self.rec.user_ids is not None:
+            self.rec.user_ids.clear()
+        info = stats.as_dict()
+        log_fn(f"regenerated {len(ids)} item IDs: {info['second_attempt_share']:.2%} needed a second attempt, "
+               f"{info['longer_id_share']:.2%} a longer ID, {info['suffixed']} suffixed; e.g. {ids[:3]}")
+        return info
+
+    def _train_generator(self, instances, train, rng, log_fn) -> dict:
+        """Generator epochs through the frozen recommender (expected ID embeddings in the prompt)."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        gen, rec = self.generator, self.rec
+        emb = rec.model.get_input_embeddings().weight.detach()
+        vocab = gen.model.get_output_embeddings().weight.shape[0]
+        table = emb[:vocab]
+        opt = torch.optim.AdamW(gen.model.parameters(), lr=cfg.gen_lr)
+        for p in rec.model.parameters():
+            p.requires_grad_(False)
+        rec.model.eval()
+        gen.model.train()
+        losses = []
+        t0 = time.perf_counter()
+        try:
+            for epoch in range(cfg.gen_epochs):
+                pool = instances
+                if cfg.gen_max_instances and len(pool) > cfg.gen_max_instances:
+                    pool = pool[np.sort(rng.choice(len(pool), cfg.gen_max_instances, replace=False))]
+                total, count = 0.0, 0
+                for rows in tqdm(instance_batches(pool, train, cfg.batch_size, rng, cfg.max_history),
+                                 desc=f"generator epoch {epoch + 1}", unit="batch", mininterval=5):
+                    hist, targets = _histories(pool, rows, train)
+                    windows = [rec.window(h) for h in hist]
+                    templates = rng.integers(0, len(TEMPLATES), size=len(rows)).tolist()
+                    batch = rec.batch(rec.prompts(hist, templates), targets)
+                    soft = _soft_id_fn(gen, rec, windows, self.catalog.texts, table)
+                    loss = rec.loss(batch, soft_ids=soft)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(gen.model.parameters(), 1.0)
+                    opt.step()
+                    total += float(loss.detach()) * len(rows)
+                    count += len(rows)
+                losses.append(total / max(count, 1))
+                log_fn(f"generator epoch {epoch + 1}: recommendation loss through soft IDs {losses[-1]:.4f}")
+        finally:
+            for p in rec.model.parameters():
+                p.requires_grad_(True)
+            gen.model.eval()
+        return {"epochs": cfg.gen_epochs, "losses": losses, "seconds": round(time.perf_counter() - t0, 1)}
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """``recommender/`` and ``id_generator/`` (save_pretrained folders with the tokenizer),
+        ``item_ids.tsv`` and ``textid.json`` (initial-ID and Algorithm 1 reports)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        model = self.rec.model
+        if hasattr(model, "merge_and_unload"):  # LoRA: save one plain folder
+            model = model.merge_and_unload()
+            self.rec.model = model
+        self.rec.save_pretrained(directory / "recommender")
+        self.generator.save_pretrained(directory / "id_generator")
+        self.rec.items.save(directory / ITEM_IDS_FILE, self.catalog.item_keys)
+        (directory / REPORT_FILE).write_text(json.dumps(self.report, indent=2, default=str))
+
+    @classmethod
+    def load(cls, directory: Path, config: TextIDConfig, n_items: int, catalog: Catalog) -> "TextIDModel":
+        directory = Path(directory)
+        for part in ("recommender", "id_generator", ITEM_IDS_FILE):
+            if not (directory / part).exists():
+                raise FileNotFoundError(f"{directory} has no {part}: training did not finish")
+        from recfm.models import load_causal_lm, load_seq2seq
+
+        self = cls(config, n_items, catalog)
+        rec_dir = directory / "recommender"
+        loader = load_seq2seq if _is_seq2seq_folder(str(rec_dir)) else load_causal_lm
+        model, tok = loader(rec_dir, device=config.device)
+        gen_model, _ = load_seq2seq(directory / "id_generator", device=config.device)
+        self.generator = IDGenerator(gen_model, tok)
+        keys, ids = ItemIdTable.read(directory / ITEM_IDS_FILE)
+        if keys != catalog.item_keys:
+            raise ValueError(f"{directory / ITEM_IDS_FILE} lists other items than the dataset; was it trained on it?")
+        meta = json.loads((rec_dir / "recfm-textid.json").read_text())
+        builder = PromptBuilder(tok, with_user=meta["with_user"], with_items=meta["with_items"],
+                                max_tokens=config.max_prompt_tokens)
+        users = UserIds(self.generator, catalog.titles) if meta["with_user"] else None
+        self.rec = TextIDRecommender(model, tok, ItemIdTable.build(ids, tok), builder, max_history=meta["max_history"],
+                                     num_beams=meta["num_beams"], eval_template=meta["eval_template"],
+                                     eval_batch_size=config.eval_batch_size, user_ids=users)
+        report = directory / REPORT_FILE
+        self.report = json.loads(report.read_text()) if report.is_file() else {}
+        return self
+
+    def for_catalog(self, catalog: Catalog, progress: bool = True) -> "TextIDModel":
+        """The same trained model on another catalog (zero-shot): its items get IDs from the trained
+        generator by Algorithm 1; nothing of the new dataset's interactions is used."""
+        other = TextIDModel(self.config, catalog.n_items, catalog)
+        other.generator = self.generator
+        ids, stats = self.generator.assign(catalog.texts, self.config.unique, progress=progress)
+        rec = copy.copy(self.rec)
+        rec.items = ItemIdTable.build(ids, rec.tokenizer)
+        if rec.user_ids is not None:
+            rec.user_ids = UserIds(self.generator, catalog.titles)
+        other.rec = rec
+        other.report = {"zero_shot_assign": stats.as_dict()}
+        return other
+
+
+def _soft_id_fn(gen: IDGenerator, rec: TextIDRecommender, windows: list[list[int]], texts: Sequence[str],
+                table: torch.Tensor):
+    """``soft(rows, slots, offsets)`` -> expected embeddings of the ID tokens at those prompt positions:
+    the generator, teacher-forced on each history item's current ID, gives a softmax over the
+    vocabulary per ID position, times the recommender's embedding matrix (probabilities, not
+    log-probabilities: the public code multiplied the latter)."""
+    dev = rec.device
+    width = max((len(w) for w in windows), default=1)
+    hist = pad_rows(windows, 0).to(dev) if width else torch.zeros(len(windows), 1, dtype=torch.long, device=dev)
+
+    def soft(rows: torch.Tensor, slots: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        items = hist[rows, slots]
+        unique, inverse = torch.unique(items, return_inverse=True)
+        src = gen.tokenizer([texts[int(i) - 1] for i in unique], truncation=True, max_length=gen.max_source_length,
+                            padding=True, return_tensors="pt")
+        labels = pad_rows([rec.items.tokens[int(i)] + [rec.eos] for i in unique], -100)
+        out = gen.model(input_ids=src["input_ids"].to(dev), attention_mask=src["attention_mask"].to(dev),
+                        labels=labels.to(dev))
+        probs = torch.softmax(out.logits.float(), dim=-1)  # [n_unique, id_len + 1, vocab]
+        expected = probs @ table.float()  # [n_unique, id_len + 1, d]
+        return expected[inverse, offsets]
+
+    return soft
