@@ -45,6 +45,17 @@ def _setup_logging(verbose: bool) -> None:
 @app.callback()
 def main(verbose: bool = typer.Option(True, "--verbose/--quiet", help="log progress to stderr")) -> None:
     _setup_logging(verbose)
+    if not verbose:  # transformers' per-load progress bars too
+        import os
+
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:  # pragma: no cover
+            pass
 
 
 def _print_error(e: Exception) -> None:

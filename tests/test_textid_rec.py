@@ -1,0 +1,264 @@
+"""IDGenRec recommender: prompts, leakage, soft ID embeddings, both backbones, the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from recfm.cli import app
+from recfm.data.dataset import SequenceDataset, concat_datasets
+from recfm.data.registry import load_dataset
+from recfm.textid.prompts import TEMPLATES, PromptBuilder
+from recfm.textid.training import Catalog, TextIDConfig, TextIDModel, check_shared_vocabulary, training_instances
+
+runner = CliRunner()
+WORDS = ["red", "blue", "green", "soft", "hard", "big", "small", "round", "flat", "long", "warm", "cool"]
+KINDS = ["widget", "gadget", "lamp", "chair", "brush", "cream"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_shop(folder, n_users=30, n_items=12, length=6, seed=0, prefix="i"):
+    """A tiny P5-format shop: users walk the catalog in steps, so the next item is learnable."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    lines = []
+    for u in range(n_users):
+        start, step = int(rng.integers(n_items)), 1 + u % 2
+        lines.append(f"u{u} " + " ".join(f"{prefix}{(start + step * j) % n_items}" for j in range(length)))
+    (folder / "user_sequence.txt").write_text("\n".join(lines) + "\n")
+    (folder / "item_initial_ids.txt").write_text(
+        "\n".join(f"{prefix}{i} {WORDS[i % len(WORDS)]} {KINDS[i % len(KINDS)]} {i}" for i in range(n_items)) + "\n")
+    return folder
+
+
+@pytest.fixture()
+def shop(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECFM_CACHE_DIR", str(tmp_path / "cache"))
+    return write_shop(tmp_path / "tiny-shop")
+
+
+TINY = dict(backbone="t5-tiny", vocab_size=200, t5={"dropout_rate": 0.0}, rounds=1, rec_epochs=1, warm_start_epochs=1,
+            batch_size=16, num_beams=5, num_threads=1, initial_ids={"kind": "extractive"},
+            unique={"length_ranges": [[1, 4], [4, 6]], "penalty_step": 0.5})
+
+
+def tiny_model(data: SequenceDataset, **overrides) -> TextIDModel:
+    return TextIDModel(TextIDConfig(**{**TINY, **overrides}), data.n_items, Catalog.of(data))
+
+
+def test_prompt_slots_and_offsets_point_at_the_history_ids(shop):
+    data = load_dataset(shop, use_cache=False)
+    model = tiny_model(data, prompt_ids="both")
+    model._build(lambda s: None)
+    rec = model.rec
+    history = [3, 5, 7]
+    for t in range(len(TEMPLATES)):
+        p = rec.builder.build(history, rec.items.tokens, t, user_tokens=[9, 9])
+        assert len(p.tokens) == len(p.slots) == len(p.offsets)
+        for j, item in enumerate(history):
+            pos = [i for i, s in enumerate(p.slots) if s == j]
+            assert [p.tokens[i] for i in pos] == rec.items.tokens[item]
+            assert [p.offsets[i] for i in pos] == list(range(len(rec.items.tokens[item])))
+    items_only = PromptBuilder(rec.tokenizer, with_user=False)
+    assert all("user }" not in items_only.text(["a"], t) and "{" not in items_only.text(["a"], t) for t in range(10))
+    full = items_only.build(history, rec.items.tokens, 0)
+    cut = PromptBuilder(rec.tokenizer, with_user=False, max_tokens=8).build(history, rec.items.tokens, 0)
+    assert len(full.tokens) > 8 and cut.tokens == full.tokens[-8:] and cut.slots == full.slots[-8:]
+
+
+def perturb_targets(data: SequenceDataset, seed: int) -> SequenceDataset:
+    """The same dataset with every validation and test target replaced by another item."""
+    rng = np.random.default_rng(seed)
+    items = data.items.copy()
+    for u in range(data.n_users):
+        lo, hi = data.offsets[u], data.offsets[u + 1]
+        if hi - lo >= 3:
+            for pos in (hi - 2, hi - 1):
+                items[pos] = 1 + (items[pos] - 1 + int(rng.integers(1, data.n_items))) % data.n_items
+    return SequenceDataset(data.name, data.item_ids, data.item_text, data.item_titles, data.user_ids,
+                           data.offsets.copy(), items, data.timestamps.copy())
+
+
+def test_no_validation_or_test_target_reaches_any_model_input(shop, monkeypatch):
+    """Train twice (alternate rounds, user and item IDs) on datasets that differ only in their
+    validation and test targets: every weight, ID and user-ID input must come out identical."""
+    data = load_dataset(shop, use_cache=False)
+    other = perturb_targets(data, seed=1)
+    assert not np.array_equal(data.items, other.items)
+    monkeypatch.setattr(TextIDModel, "_restore", lambda self, best: None)  # selection may differ; inputs may not
+    runs = []
+    for ds in (data, other):
+        m = tiny_model(ds, strategy="alternate", rounds=2, prompt_ids="both", gen_lr=1e-2)
+        m.fit(ds.split(), log=lambda s: None)
+        runs.append(m)
+    a, b = runs
+    assert a.rec.items.texts == b.rec.items.texts
+    assert a.rec.user_ids.cache.keys() == b.rec.user_ids.cache.keys()
+    for x, y in [(a.rec.model, b.rec.model), (a.generator.model, b.generator.model)]:
+        for (name, p), q in zip(x.state_dict().items(), y.state_dict().values()):
+            assert torch.equal(p, q), name
+    # and the inputs themselves: training instances never hold a held-out target position
+    split = data.split()
+    inst = training_instances(split.train)
+    assert all(j < len(split.train[u]) for u, j in inst)
+    # user IDs at test time come from the test history only (its target is never in it)
+    valid_keys = {tuple(a.rec.window(h)) for h in split.valid.histories}
+    for key in a.rec.user_ids.cache:
+        assert key in valid_keys or any(key == tuple(a.rec.window(split.train[u][:j])) for u, j in inst)
+
+
+def test_soft_id_embeddings_are_probabilities_times_the_embedding_matrix(shop):
+    from recfm.textid.training import _histories, _soft_id_fn
+
+    data = load_dataset(shop, use_cache=False)
+    m = tiny_model(data, prompt_ids="item")
+    m._build(lambda s: None)
+    split = data.split()
+    inst = training_instances(split.train)[:8]
+    hist, targets = _histories(inst, np.arange(len(inst)), split.train)
+    windows = [m.rec.window(h) for h in hist]
+    batch = m.rec.batch(m.rec.prompts(hist), targets)
+    emb = m.rec.model.get_input_embeddings().weight
+    # exact token embeddings in, the hard loss out
+    hard = float(m.rec.loss(batch).detach())
+    tokens = batch["input_ids"]
+
+    def exact(rows, slots, offsets):
+        pos = (batch["slot"] >= 0).nonzero()
+        return emb[tokens[pos[:, 0], pos[:, 1]]]
+
+    assert float(m.rec.loss(batch, soft_ids=exact)) == pytest.approx(hard, abs=1e-5)
+    # the generator's soft IDs: rows of softmax probabilities (sum 1) times E
+    soft = _soft_id_fn(m.generator, m.rec, windows, data.item_text, emb.detach())
+    where = batch["slot"] >= 0
+    rows = where.nonzero()[:, 0]
+    out = soft(rows, batch["slot"][where], batch["offset"][where])
+    assert out.shape == (int(where.sum()), emb.shape[1])
+    item = windows[0][0]
+    src = m.generator.tokenizer([data.item_text[item - 1]], return_tensors="pt")
+    labels = torch.tensor([m.rec.items.tokens[item] + [m.rec.eos]])
+    probs = torch.softmax(m.generator.model(**src, labels=labels).logits, -1)[0]
+    torch.testing.assert_close(probs.sum(-1), torch.ones(len(probs)))
+    first = (rows == 0) & (batch["slot"][where] == 0)
+    torch.testing.assert_close(out[first], (probs @ emb.detach())[: int(first.sum())], atol=1e-5, rtol=1e-4)
+
+
+def test_generator_step_trains_the_generator_only(shop):
+    data = load_dataset(shop, use_cache=False)
+    m = tiny_model(data, prompt_ids="item", gen_lr=1e-2)
+    m._build(lambda s: None)
+    rec_before = {k: v.clone() for k, v in m.rec.model.state_dict().items()}
+    gen_before = {k: v.clone() for k, v in m.generator.model.state_dict().items()}
+    split = data.split()
+    info = m._train_generator(training_instances(split.train), split.train, np.random.default_rng(0), lambda s: None)
+    assert info["losses"] and np.isfinite(info["losses"][0])
+    assert all(torch.equal(v, m.rec.model.state_dict()[k]) for k, v in rec_before.items())
+    assert any(not torch.equal(v, m.generator.model.state_dict()[k]) for k, v in gen_before.items())
+    assert all(p.requires_grad for p in m.rec.model.parameters())
+
+
+def test_generator_and_recommender_must_share_a_tokenizer(shop):
+    from recfm.models import build_seq2seq, train_tokenizer
+    from recfm.textid.idgen import IDGenerator
+
+    data = load_dataset(shop, use_cache=False)
+    m = tiny_model(data)
+    m._build(lambda s: None)
+    other_tok = train_tokenizer(["completely different words here"] * 3, vocab_size=100)
+    stranger = IDGenerator(build_seq2seq("tiny", other_tok, seed=0), other_tok)
+    with pytest.raises(ValueError, match="share one tokenizer"):
+        check_shared_vocabulary(stranger, m.rec.model, m.rec.tokenizer)
+    check_shared_vocabulary(m.generator, m.rec.model, m.rec.tokenizer)
+
+
+def test_decoder_only_backbone_from_a_folder(shop, tmp_path):
+    """A causal LM (tiny Llama saved with save_pretrained) trains and recommends through the same calls."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from recfm.models import train_tokenizer
+
+    data = load_dataset(shop, use_cache=False)
+    tok = train_tokenizer([t.lower() for t in data.item_text] * 2 + TEMPLATES, vocab_size=200, lowercase=True)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+    m = tiny_model(data, backbone=str(tmp_path / "llama"), prompt_ids="item", rec_epochs=2, rec_lr=1e-2)
+    history = m.fit(data.split(), log=lambda s: None)
+    assert not m.rec.is_seq2seq and history["history"]
+    split = data.split()
+    top = m.recommend(split.test.histories[:4], 5, exclude=[set(h.tolist()) for h in split.test.histories[:4]])
+    assert top.items.shape == (4, 5)
+    for row, h in zip(top.items, split.test.histories[:4]):
+        real = row[row > 0]
+        assert len(set(real.tolist())) == len(real) and not set(real.tolist()) & set(h.tolist())
+        assert ((real >= 1) & (real <= data.n_items)).all()
+
+
+def test_concat_datasets_keeps_users_and_items_apart(shop, tmp_path):
+    a = load_dataset(shop, use_cache=False)
+    b = load_dataset(write_shop(tmp_path / "other-shop", n_users=10, n_items=8, seed=3, prefix="x"), use_cache=False)
+    both = concat_datasets([a, b])
+    assert both.n_items == a.n_items + b.n_items and both.n_users == a.n_users + b.n_users
+    assert both.item_ids[a.n_items] == f"{b.name}/{b.item_ids[0]}"
+    assert np.array_equal(both.sequence(a.n_users), b.sequence(0) + a.n_items)
+    joined = load_dataset(f"{shop}+{tmp_path / 'other-shop'}", use_cache=False)
+    assert joined.n_items == both.n_items
+
+
+def invoke(*args):
+    return runner.invoke(app, ["--quiet", *map(str, args)])
+
+
+def test_train_recommend_evaluate_and_zero_shot_through_the_cli(shop, tmp_path):
+    run = tmp_path / "run"
+    overrides = ["backbone=t5-tiny", "vocab_size=200", "t5={dropout_rate: 0.0}", "rec_epochs=2", "rec_lr=0.01",
+                 "warm_start_epochs=2", "batch_size=16", "num_beams=20", "num_threads=1", "prompt_ids=item",
+                 "initial_ids={kind: table, path: 'dataset:item_initial_ids.txt'}", "strategy=rec_only", "rounds=1"]
+    r = invoke("train", "textid", "--dataset", shop, "--output", run, *overrides)
+    assert r.exit_code == 0, r.output
+    for part in ("recommender/config.json", "recommender/tokenizer.json", "id_generator/config.json",
+                 "id_generator/tokenizer.json", "item_ids.tsv", "metrics.json", "config.yaml", "textid.json"):
+        assert (run / part).is_file(), part
+    lines = (run / "item_ids.tsv").read_text().splitlines()
+    table = dict(line.split("\t") for line in lines)
+    assert len(lines) == len(table) == 12 and table["i0"] == "red widget 0" and table["i11"] == "cool cream 11"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"valid", "test", "protocol", "training", "train_seconds"} <= set(metrics)
+    assert {"hr@10", "ndcg@10", "mrr"} <= set(metrics["test"])
+
+    r = invoke("recommend", "--run", run, "--history", "i1,i2,i3", "--k", "3", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert len(out["recommendations"]) == 3 and out["history"][0]["textual_id"] == "blue gadget 1"
+    assert all(x["textual_id"] and x["title"] for x in out["recommendations"])
+    r = invoke("recommend", "--run", run, "--user", "u3")
+    assert r.exit_code == 0 and "held-out next item" in r.output
+    r = invoke("recommend", "--run", run, "--history", "nope")
+    assert r.exit_code == 2 and "not in" in r.output
+
+    r = invoke("evaluate", "--run", run, "--json")
+    assert r.exit_code == 0, r.output
+    again = json.loads(r.output)
+    for key in ("hr@10", "ndcg@10", "mrr"):
+        assert again["test"][key] == pytest.approx(metrics["test"][key], abs=1e-6)
+
+    unseen = write_shop(tmp_path / "unseen-shop", n_users=12, n_items=9, seed=5, prefix="z")
+    r = invoke("evaluate", "--run", run, "--dataset", unseen, "--json")
+    assert r.exit_code == 0, r.output
+    zs = json.loads(r.output)
+    assert zs["zero_shot"] and zs["dataset"] == "unseen-shop" and zs["test"]["cases"] == 12
+    assert zs["zero_shot_assign"]["items"] == 9
