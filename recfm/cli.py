@@ -175,6 +175,7 @@ def evaluate_cmd(
     run: Path = typer.Option(..., "--run", "-r", help="run directory made by `recfm train`"),
     exclude_history: Optional[bool] = typer.Option(None, "--exclude-history/--keep-history", help="override the run's protocol"),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="score on another dataset (zero-shot; textid)"),
+    splits: str = typer.Option("valid,test", "--splits", help="which splits to score: valid,test | test | valid"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="also write the metrics to this JSON file"),
 ) -> None:
@@ -183,7 +184,8 @@ def evaluate_cmd(
     from recfm.runs import evaluate_run
 
     with user_errors(), progress_bars() as bars:
-        metrics = evaluate_run(run, progress=bars, exclude_history=exclude_history, dataset=dataset)
+        metrics = evaluate_run(run, progress=bars, exclude_history=exclude_history, dataset=dataset,
+                               splits=tuple(x.strip() for x in splits.split(",") if x.strip()))
     if output is not None:
         atomic_write_json(output, metrics)
     if as_json:
@@ -213,7 +215,11 @@ def recommend(
     if as_json:
         out.print_json(json.dumps(result))
         return
-    hist = Table(title=f"history ({len(result['history'])} items, newest last)")
+    _print_recommendations(result, k, run)
+
+
+def _print_recommendations(result: dict, k: int, run: Path) -> None:
+    hist = Table(title=f"history ({len(result['history'])} items, newest last{'; last 10 shown' if len(result['history']) > 10 else ''})")
     recs = Table(title=f"top {k}: {result['model']} on {result['dataset']} (run: {run})")
     for table in (hist, recs):
         if table is recs:
@@ -268,12 +274,17 @@ def _print_metrics_table(rows: list[dict], title: str) -> None:
 def demo(
     output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="folder for the demo's run directories"),
     dataset: str = typer.Option("movielens-1m", "--dataset", "-d"),
+    textid_dataset: str = typer.Option("movielens-100k", "--textid-dataset", help="dataset of the textual-ID part"),
+    user: str = typer.Option("196", "--user", help="the real user whose textual-ID recommendations are shown"),
+    skip_baselines: bool = typer.Option(False, "--skip-baselines", help="only the textual-ID part"),
 ) -> None:
-    """The main job on real data: MostPopular and SASRec on MovieLens-1M, one results table."""
+    """The main job on real data: Pop and SASRec on MovieLens-1M, then a textual-ID generative
+    recommender (IDGenRec) on MovieLens-100K and its recommendations for a real user."""
     from recfm.baselines import MODELS
-    from recfm.runs import train_run
+    from recfm.runs import recommend_items, train_run
 
-    plan = [("pop", None), ("sasrec", Path(__file__).resolve().parents[1] / "configs" / f"sasrec-{dataset}-demo.yaml")]
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    plan = [] if skip_baselines else [("pop", None), ("sasrec", configs / f"sasrec-{dataset}-demo.yaml")]
     rows = []
     with user_errors(), progress_bars() as bars:
         for model, cfg in plan:
@@ -283,7 +294,15 @@ def demo(
             cfg = cfg if cfg is not None and cfg.is_file() else None
             console.rule(f"{model} on {dataset}")
             rows.append(train_run(model, dataset, output / model, cfg, overwrite=True, progress=bars))
-    _print_metrics_table(rows, title=f"demo: {dataset}, leave-one-out, full ranking")
+        if rows:
+            _print_metrics_table(rows, title=f"demo: {dataset}, leave-one-out, full ranking")
+        console.rule(f"textid (IDGenRec) on {textid_dataset}")
+        cfg = configs / f"textid-{textid_dataset}-demo.yaml"
+        metrics = train_run("textid", textid_dataset, output / "textid", cfg if cfg.is_file() else None,
+                            overwrite=True, progress=bars)
+        _print_metrics_table([metrics], title=f"demo: textual-ID recommender on {textid_dataset}")
+        result = recommend_items(output / "textid", user=user, k=10)
+    _print_recommendations(result, 10, output / "textid")
 
 
 def run() -> None:  # pragma: no cover

@@ -132,7 +132,8 @@ def load_run(run_dir: Path):
     return run, data, model
 
 
-def evaluate_run(run_dir: Path, progress=None, exclude_history: bool | None = None, dataset: str | None = None) -> dict:
+def evaluate_run(run_dir: Path, progress=None, exclude_history: bool | None = None, dataset: str | None = None,
+                 splits: tuple[str, ...] = ("valid", "test")) -> dict:
     """Re-score a finished run on validation and test with its recorded protocol. ``dataset``: score
     it on another dataset instead (zero-shot; only models that map item text to IDs can)."""
     run, data, recommender = load_run(run_dir)
@@ -149,15 +150,12 @@ def evaluate_run(run_dir: Path, progress=None, exclude_history: bool | None = No
         data = load_dataset(dataset)
         recommender = recommender.for_catalog(Catalog.of(data))
         extra = {"trained_on": run.dataset, "zero_shot": True, **recommender.report}
+    bad = set(splits) - {"valid", "test"}
+    if bad or not splits:
+        raise RunError(f"splits must be valid and/or test, not {sorted(bad) or 'nothing'}")
     split = data.split()
-    return {
-        "dataset": data.name,
-        "model": run.model["name"],
-        "protocol": protocol.describe(),
-        "valid": _evaluate(recommender, split.valid, protocol, "valid", progress),
-        "test": _evaluate(recommender, split.test, protocol, "test", progress),
-        **extra,
-    }
+    scored = {name: _evaluate(recommender, getattr(split, name), protocol, name, progress) for name in splits}
+    return {"dataset": data.name, "model": run.model["name"], "protocol": protocol.describe(), **scored, **extra}
 
 
 def _evaluate(model, cases, protocol: Protocol, stage: str, progress) -> dict:
