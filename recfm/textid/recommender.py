@@ -197,11 +197,10 @@ class TextIDRecommender:
             for s in range(0, len(order), self.eval_batch_size):
                 rows = order[s : s + self.eval_batch_size]
                 prompts = self.prompts([histories[i] for i in rows])
-                enc = self.batch(prompts)
-                ids, mask = enc["input_ids"], enc["attention_mask"]
-                if not self.is_seq2seq:  # generation continues after the last column
-                    rows_tokens = [p.tokens for p in prompts]
-                    ids, mask = pad_rows(rows_tokens, self.pad, left=True), pad_rows([[1] * len(t) for t in rows_tokens], 0, left=True)
+                # seq2seq: "prompt </s>" right-padded; decoder-only: left-padded, generation continues after it
+                tokens = [p.tokens + [self.eos] if self.is_seq2seq else p.tokens for p in prompts]
+                left = not self.is_seq2seq
+                ids, mask = pad_rows(tokens, self.pad, left=left), pad_rows([[1] * len(t) for t in tokens], 0, left=left)
                 ex = [exclude[i] for i in rows] if exclude is not None else None
                 top_items, top_scores = constrained_topk(
                     self.model, self.tokenizer, self.items.trie, {"input_ids": ids, "attention_mask": mask}, k,

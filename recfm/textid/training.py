@@ -121,16 +121,16 @@ def load_backbone(name: str, catalog_texts: Sequence[str], cfg: TextIDConfig, ex
         tok = train_tokenizer([*catalog_texts, *extra_texts, *TEMPLATES], vocab_size=cfg.vocab_size, lowercase=True)
         return build_seq2seq(name[len(T5_PREFIX):], tok, seed=cfg.seed, **cfg.t5), tok
     alias = resolve_alias(name)
-    seq2seq = _is_seq2seq_folder(name)
-    if alias is not None and alias.kind == "causal-lm" or seq2seq is False:
-        model, tok = load_causal_lm(name)
-    elif seq2seq is True or alias is None:
+    if alias is not None and alias.kind == "encoder":
+        raise ValueError(f"backbone {name!r} is an encoder, not a generative model; use a seq2seq or causal LM")
+    seq2seq = (alias.kind == "seq2seq") if alias is not None else _is_seq2seq_folder(name)
+    if seq2seq is None:  # a hub name: whichever architecture it has
         try:
             model, tok = load_seq2seq(name)
-        except Exception:  # a hub name of a decoder-only model
+        except Exception:
             model, tok = load_causal_lm(name)
     else:
-        raise ValueError(f"backbone {name!r} is an encoder, not a generative model")
+        model, tok = (load_seq2seq if seq2seq else load_causal_lm)(name)
     if cfg.lora_r:
         model = _with_lora(model, cfg)
     return model, tok
@@ -436,7 +436,8 @@ class TextIDModel:
         vocab = gen.model.get_output_embeddings().weight.shape[0]
         table = emb[:vocab]
         opt = torch.optim.AdamW(gen.model.parameters(), lr=cfg.gen_lr)
-        for p in rec.model.parameters():
+        trainable = [p for p in rec.model.parameters() if p.requires_grad]  # all, or the LoRA adapters
+        for p in trainable:
             p.requires_grad_(False)
         rec.model.eval()
         gen.model.train()
@@ -465,7 +466,7 @@ class TextIDModel:
                 losses.append(total / max(count, 1))
                 log_fn(f"generator epoch {epoch + 1}: recommendation loss through soft IDs {losses[-1]:.4f}")
         finally:
-            for p in rec.model.parameters():
+            for p in trainable:
                 p.requires_grad_(True)
             gen.model.eval()
         return {"epochs": cfg.gen_epochs, "losses": losses, "seconds": round(time.perf_counter() - t0, 1)}
