@@ -22,7 +22,9 @@ EXPECTED = {
 
 
 def test_table_order_specific_before_generic():
-    assert list(FORMATS) == ["recbole-atomic", "p5-text", "grouplens", "yelp", "amazon-2023", "amazon-2014", "tabular"]
+    assert list(FORMATS) == [
+        "recbole-atomic", "p5-text", "grouplens", "yelp", "mind", "goodreads", "hm", "amazon-2023", "amazon-2014", "tabular",
+    ]
 
 
 @pytest.mark.parametrize("fixture, expected", EXPECTED.items())

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from recfm.data.schema import RawDataset
-from recfm.data.sources import amazon, grouplens, movielens, p5, tabular, yelp
+from recfm.data.sources import amazon, goodreads, grouplens, hm, mind, movielens, p5, tabular, yelp
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,14 @@ FORMATS: dict[str, SourceFormat] = {
         ),
         SourceFormat(
             "yelp", "Yelp Open Dataset: yelp_academic_dataset_review.json (+ _business.json)", yelp.detect, yelp.load,
+        ),
+        SourceFormat("mind", "Microsoft News (MIND): behaviors.tsv + news.tsv", mind.detect, mind.load),
+        SourceFormat(
+            "goodreads", "UCSD Goodreads: goodreads_interactions_<genre>.json(.gz) (+ goodreads_books_<genre>.json(.gz))",
+            goodreads.detect, goodreads.load,
+        ),
+        SourceFormat(
+            "hm", "H&M Personalized Fashion (Kaggle): transactions_train.csv + articles.csv", hm.detect, hm.load,
         ),
         SourceFormat(
             "amazon-2023", "Amazon reviews 2023: <Category>.jsonl(.gz) + meta_<Category>.jsonl(.gz)",
@@ -77,7 +85,7 @@ def load_path(path: str | Path, format: str | None = None, **options) -> RawData
     """Load a folder or file: the format by name, or detected with :func:`detect_format`.
 
     ``options`` go to the format's loader (``name=``; tabular column mapping such as
-    ``user_col=``; Amazon ``category=``).
+    ``user_col=``; Amazon ``category=``; Goodreads ``genre=``).
     """
     path = Path(path)
     if format is None:
