@@ -25,6 +25,8 @@ from recfm.data.sources import FORMATS, UnknownFormatError
 app = typer.Typer(help="recfm: recommendation foundation models on one data layer and one protocol.", no_args_is_help=True)
 data_app = typer.Typer(help="List, inspect and prepare datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+bench_app = typer.Typer(help="Foundation-model click-prediction benchmark (RecBench-MD).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 # Wide enough for the metrics table when piped (rich falls back to 80 columns off a terminal).
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 150)
@@ -303,6 +305,41 @@ def demo(
         _print_metrics_table([metrics], title=f"demo: textual-ID recommender on {textid_dataset}")
         result = recommend_items(output / "textid", user=user, k=10)
     _print_recommendations(result, 10, output / "textid")
+
+
+# -- bench ------------------------------------------------------------------------------
+@bench_app.command("run")
+def bench_run(
+    config: Path = typer.Option(..., "--config", "-c", help="bench YAML (e.g. configs/bench-cpu.yaml)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="results folder (default: the config's output)"),
+) -> None:
+    """Run a settings matrix; finished cells are kept, so a killed run resumes where it stopped."""
+    from recfm.bench.report import leaderboard, read_cells, write_reports
+    from recfm.bench.runner import BenchRunner, load_config
+
+    with user_errors():
+        try:
+            cfg = load_config(config)
+        except Exception as e:  # pydantic lists every bad field
+            raise ConfigError(f"{config}: {e}") from None
+        runner = BenchRunner(cfg, output, log_fn=logging.getLogger("recfm.bench").info)
+        runner.run()
+        paths = write_reports(runner.output)
+    out.print(leaderboard(read_cells(runner.output)))
+    for name, path in paths.items():
+        out.print(f"{name}: {path}")
+
+
+@bench_app.command("report")
+def bench_report(output: Path = typer.Argument(..., help="a bench results folder")) -> None:
+    """Rewrite the leaderboard, transfer CSV and heatmap from the finished cells."""
+    from recfm.bench.report import leaderboard, read_cells, write_reports
+
+    with user_errors():
+        paths = write_reports(output)
+    out.print(leaderboard(read_cells(output)))
+    for name, path in paths.items():
+        out.print(f"{name}: {path}")
 
 
 def run() -> None:  # pragma: no cover

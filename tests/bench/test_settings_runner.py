@@ -1,0 +1,128 @@
+"""The settings matrix and the resumable runner (with a stand-in scorer; real scorers have their own tests)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from recfm.bench import runner as runner_mod
+from recfm.bench.report import transfer_rows, write_reports
+from recfm.bench.runner import BenchConfig, BenchRunner
+from recfm.bench.settings import plans_for
+from recfm.data.dataset import SequenceDataset
+
+DOMAINS = {"ml-a": "movies", "ml-b": "movies", "shop": "retail", "books": "books"}
+
+
+def keys(setting, target="ml-a", **kw):
+    return [p.key for p in plans_for(setting, target, DOMAINS, **kw)]
+
+
+def test_settings_name_their_training_data():
+    assert keys("zero_shot") == ["zero-shot"]
+    assert keys("target") == ["ml-a"]
+    assert keys("same_domain_other") == ["ml-b"]
+    assert keys("other_domain") == ["shop", "books"]
+    assert keys("domain_all") == ["ml-a+ml-b"]
+    assert keys("zero_resource") == ["shop+books"]
+    assert keys("all") == ["ml-a+ml-b+shop+books"]
+    assert keys("two_stage") == ["shop+books > ml-a"]
+    assert keys("two_stage", two_stage_order="target_then_others") == ["ml-a > shop+books"]
+    assert keys("same_domain_other", target="shop") == []
+    with pytest.raises(ValueError, match="unknown setting"):
+        plans_for("nope", "ml-a", DOMAINS)
+    with pytest.raises(ValueError, match="no domain"):
+        plans_for("target", "elsewhere", DOMAINS)
+
+
+def tiny_dataset(name: str, n_users=40, n_items=30, seed=0) -> SequenceDataset:
+    rng = np.random.default_rng(seed)
+    seqs = [rng.choice(np.arange(1, n_items + 1), size=8, replace=False) for _ in range(n_users)]
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
+    return SequenceDataset(name, [f"i{i}" for i in range(n_items)], [f"item {i} text" for i in range(n_items)],
+                           [f"item {i}" for i in range(n_items)], [f"u{u}" for u in range(n_users)], offsets,
+                           np.concatenate(seqs).astype(np.int64), np.zeros(offsets[-1]))
+
+
+class FakeScorer:
+    """Scores by a per-scorer bias learnt in 'fine-tuning'; counts calls."""
+
+    loads = 0
+
+    def __init__(self):
+        FakeScorer.loads += 1
+        self.bias = 0.0
+
+    def score(self, histories, candidates):
+        return np.array([hash((len(h), c)) % 997 / 997 + self.bias for h, c in zip(histories, candidates)])
+
+
+@pytest.fixture()
+def fake(monkeypatch, tmp_path):
+    monkeypatch.setenv("RECFM_CACHE_DIR", str(tmp_path / "cache"))
+    data = {"ml-a": tiny_dataset("ml-a", seed=1), "shop": tiny_dataset("shop", seed=2)}
+    calls = {"finetune": 0, "crash_after": None, "scored": 0}
+    monkeypatch.setattr(BenchRunner, "dataset", lambda self, name: data[name])
+    import recfm.bench.finetune as ft
+    import recfm.bench.scorers as sc
+
+    def load_scorer(path, paradigm, **kw):
+        return FakeScorer()
+
+    def finetune(scorer, train, valid, cfg, output_dir=None, log=print):
+        calls["finetune"] += 1
+        scorer.bias = 0.1
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "adapter.txt").write_text("bias=0.1")
+        return {"steps": 1}
+
+    def load_adapter(scorer, path):
+        scorer.bias = 0.1
+
+    original_score = FakeScorer.score
+
+    def score(self, h, c):
+        calls["scored"] += 1
+        if calls["crash_after"] is not None and calls["scored"] > calls["crash_after"]:
+            raise KeyboardInterrupt("killed")
+        return original_score(self, h, c)
+
+    monkeypatch.setattr(FakeScorer, "score", score)
+    monkeypatch.setattr(sc, "load_scorer", load_scorer)
+    monkeypatch.setattr(ft, "finetune", finetune)
+    monkeypatch.setattr(ft, "load_adapter", load_adapter)
+    return calls
+
+
+def bench_config(tmp_path) -> BenchConfig:
+    return BenchConfig(output=str(tmp_path / "out"), datasets={"ml-a": {"domain": "movies"}, "shop": {"domain": "retail"}},
+                       targets=["ml-a", "shop"], models=[{"name": "m", "path": "x", "paradigm": "prompt"}],
+                       settings=["zero_shot", "target", "other_domain"], test_users=20, valid_users=10, train_users=20)
+
+
+def test_runner_resumes_after_a_kill_and_never_recomputes_a_cell(fake, tmp_path):
+    cfg = bench_config(tmp_path)
+    fake["crash_after"] = 3
+    with pytest.raises(KeyboardInterrupt):
+        BenchRunner(cfg).run()
+    done = sorted((tmp_path / "out").glob("cells/*/*/*.json"))
+    assert len(done) == 3
+    stamps = {p: p.stat().st_mtime_ns for p in done}
+    fake["crash_after"] = None
+    cells = BenchRunner(cfg).run()
+    assert len(cells) == 6  # 2 targets x (zero-shot, target, one other-domain source)
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()), "finished cells were rewritten"
+    assert fake["finetune"] == 2, "one fine-tuning per plan (ml-a, shop), shared by its two targets"
+    assert fake["scored"] == 3 + 1 + 3  # 3 before the kill, the killed one, then the 3 remaining
+    # reports
+    paths = write_reports(tmp_path / "out")
+    assert paths["heatmap"].stat().st_size > 1000 and "| ml-a |" in paths["leaderboard"].read_text()
+    rows = transfer_rows(cells)
+    header = paths["transfer_csv"].read_text().splitlines()[0]
+    assert header.startswith("model,source,setting,target,auc")
+    ft = [r for r in rows if r["source"] != "zero-shot"]
+    assert len(ft) == 4 and all(r["gain_over_zero_shot"] is not None for r in ft)
+    cell = json.loads(next((tmp_path / "out").glob("cells/m/shop/ml-a.json")).read_text())
+    assert cell["setting"] == "other_domain" and cell["target"] == "shop" and cell["finetune"]["plan"] == "ml-a"
