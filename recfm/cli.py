@@ -178,6 +178,7 @@ def evaluate_cmd(
     exclude_history: Optional[bool] = typer.Option(None, "--exclude-history/--keep-history", help="override the run's protocol"),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="score on another dataset (zero-shot; textid)"),
     splits: str = typer.Option("valid,test", "--splits", help="which splits to score: valid,test | test | valid"),
+    max_cases: Optional[int] = typer.Option(None, "--max-cases", min=1, help="score a seeded sample of this many cases per split"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="also write the metrics to this JSON file"),
 ) -> None:
@@ -187,7 +188,7 @@ def evaluate_cmd(
 
     with user_errors(), progress_bars() as bars:
         metrics = evaluate_run(run, progress=bars, exclude_history=exclude_history, dataset=dataset,
-                               splits=tuple(x.strip() for x in splits.split(",") if x.strip()))
+                               splits=tuple(x.strip() for x in splits.split(",") if x.strip()), max_cases=max_cases)
     if output is not None:
         atomic_write_json(output, metrics)
     if as_json:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from recfm import __version__
@@ -133,7 +134,7 @@ def load_run(run_dir: Path):
 
 
 def evaluate_run(run_dir: Path, progress=None, exclude_history: bool | None = None, dataset: str | None = None,
-                 splits: tuple[str, ...] = ("valid", "test")) -> dict:
+                 splits: tuple[str, ...] = ("valid", "test"), max_cases: int | None = None) -> dict:
     """Re-score a finished run on validation and test with its recorded protocol. ``dataset``: score
     it on another dataset instead (zero-shot; only models that map item text to IDs can)."""
     run, data, recommender = load_run(run_dir)
@@ -154,7 +155,16 @@ def evaluate_run(run_dir: Path, progress=None, exclude_history: bool | None = No
     if bad or not splits:
         raise RunError(f"splits must be valid and/or test, not {sorted(bad) or 'nothing'}")
     split = data.split()
-    scored = {name: _evaluate(recommender, getattr(split, name), protocol, name, progress) for name in splits}
+
+    def cases(name: str):
+        c = getattr(split, name)
+        if max_cases is None or max_cases >= len(c):
+            return c
+        # A seeded sample of whole cases (fixed across runs), recorded in the output.
+        extra["sampled_cases"] = {"max_cases": max_cases, "of": len(c), "seed": 0}
+        return c.subset(np.sort(np.random.default_rng(0).choice(len(c), max_cases, replace=False)))
+
+    scored = {name: _evaluate(recommender, cases(name), protocol, name, progress) for name in splits}
     return {"dataset": data.name, "model": run.model["name"], "protocol": protocol.describe(), **scored, **extra}
 
 
