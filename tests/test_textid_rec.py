@@ -257,10 +257,11 @@ def test_train_recommend_evaluate_and_zero_shot_through_the_cli(shop, tmp_path):
         assert again["test"][key] == pytest.approx(metrics["test"][key], abs=1e-6)
 
     unseen = write_shop(tmp_path / "unseen-shop", n_users=12, n_items=9, seed=5, prefix="z")
-    r = invoke("evaluate", "--run", run, "--dataset", unseen, "--splits", "test", "--json")
+    r = invoke("evaluate", "--run", run, "--dataset", unseen, "--splits", "test", "--max-cases", "7", "--json")
     assert r.exit_code == 0, r.output
     zs = json.loads(r.output)
-    assert zs["zero_shot"] and zs["dataset"] == "unseen-shop" and zs["test"]["cases"] == 12 and "valid" not in zs
+    assert zs["zero_shot"] and zs["dataset"] == "unseen-shop" and "valid" not in zs
+    assert zs["test"]["cases"] == 7 and zs["sampled_cases"] == {"max_cases": 7, "of": 12, "seed": 0}
     assert zs["zero_shot_assign"]["items"] == 9
 
 
