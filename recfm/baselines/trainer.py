@@ -20,7 +20,6 @@ that would overrun ``max_train_minutes``.
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from recfm.compute import training_context
 from recfm.data.split import LeaveOneOut
 from recfm.evaluation.protocol import Protocol, evaluate
 from recfm.recommender import ScoringRecommender
@@ -222,17 +222,8 @@ class SequentialRecommender(ScoringRecommender):
     # -- training ------------------------------------------------------------------------
     def fit(self, split: LeaveOneOut, protocol: Protocol | None = None, log: Callable[[str], None] = print) -> dict:
         protocol = protocol or Protocol()
-        threads_before = torch.get_num_threads()
-        torch.set_num_threads(self.config.num_threads or os.cpu_count() or 1)
-        # Softmax tails and small gradients become denormal floats, which x86 CPUs process
-        # one to two orders of magnitude slower: flushing them to zero halved epoch times.
-        torch.set_flush_denormal(True)
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.config.seed)
-                return self._fit(split, protocol, log)
-        finally:
-            torch.set_num_threads(threads_before)
+        with training_context(self.config.num_threads, self.config.seed):
+            return self._fit(split, protocol, log)
 
     def _fit(self, split: LeaveOneOut, protocol: Protocol, log: Callable[[str], None]) -> dict:
         cfg = self.config

@@ -22,7 +22,6 @@ import copy
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from recfm.compute import training_context
 from recfm.data.split import LeaveOneOut
 from recfm.evaluation.protocol import Protocol, evaluate
 from recfm.textid.idgen import IDGenerator, InitialIds, UniqueIdConfig, initial_ids, make_unique, normalize_id
@@ -288,15 +288,8 @@ class TextIDModel:
     # -- fit --------------------------------------------------------------------------------
     def fit(self, split: LeaveOneOut, protocol: Protocol | None = None, log: Callable[[str], None] = print) -> dict:
         protocol = protocol or Protocol()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self.config.num_threads or os.cpu_count() or 1)
-        torch.set_flush_denormal(True)
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.config.seed)
-                return self._fit(split, protocol, log)
-        finally:
-            torch.set_num_threads(threads)
+        with training_context(self.config.num_threads, self.config.seed):
+            return self._fit(split, protocol, log)
 
     def _fit(self, split: LeaveOneOut, protocol: Protocol, log_fn: Callable[[str], None]) -> dict:
         cfg = self.config
