@@ -36,6 +36,7 @@ class ModelSpec(BaseModel):
     path: str = Field(..., description="alias (smollm2-135m-instruct, all-minilm-l6-v2), folder or hub name")
     paradigm: Literal["prompt", "embedding"]
     options: dict[str, Any] = Field(default_factory=dict, description="scorer options (batch_size, pooling, ...)")
+    finetune: dict[str, Any] = Field(default_factory=dict, description="FinetuneConfig fields for this model, over the config's")
 
 
 class DatasetEntry(BaseModel):
@@ -58,6 +59,7 @@ class BenchConfig(BaseModel):
     valid_users: int | None = Field(300, ge=1)
     train_users: int | None = Field(5000, ge=1, description="users whose training positions make the fine-tune set")
     finetune: dict[str, Any] = Field(default_factory=dict, description="FinetuneConfig fields (LoRA rank, lr, ...)")
+    max_title_chars: int | None = Field(200, ge=8, description="item texts cut to this many characters (None = whole)")
 
     def domains(self) -> dict[str, str]:
         names = list(dict.fromkeys([*self.datasets, *self.targets]))
@@ -104,7 +106,7 @@ class BenchRunner:
         from recfm.bench.scorers import pair_texts
 
         pairs = self.pairs(name, split)
-        hist, cand = pair_texts(pairs, self.dataset(name).item_text)
+        hist, cand = pair_texts(pairs, self.dataset(name).item_text, self.config.max_title_chars)
         return pairs, hist, cand
 
     # -- cells ------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ class BenchRunner:
             self.log(f"{m.name}: reusing the adapter of {plan.key} ({adir})")
             load_adapter(scorer, adir)
             return scorer
-        cfg = FinetuneConfig(**self.config.finetune)
+        cfg = FinetuneConfig(**{**self.config.finetune, **m.finetune})
         histories = []
         for n, stage in enumerate(plan.stages, 1):
             train = [self.texts(d, "train") for d in stage]

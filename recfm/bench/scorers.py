@@ -32,6 +32,7 @@ pooling reads the attention mask. Inputs are sorted by length before batching.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -54,6 +55,23 @@ PARADIGMS = ("prompt", "embedding")
 # ---------------------------------------------------------------------------------------------
 # pairs -> texts
 # ---------------------------------------------------------------------------------------------
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _autocast_dtype(autocast: str | None):
+    if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast must be one of {sorted(AUTOCAST_DTYPES)} or None, not {autocast!r}")
+    return AUTOCAST_DTYPES.get(autocast) if autocast else None
+
+
+def _autocast_ctx(model, dtype):
+    """Mixed precision for the forward pass (weights stay float32, so LoRA training is unchanged):
+    bf16 on a CPU with AMX/AVX512-BF16 runs SmolLM2 about 3x faster forward, 2x forward+backward."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(_device(model).type, dtype=dtype)
 
 
 def _clip(text: str, max_chars: int | None) -> str:
@@ -236,7 +254,8 @@ class PromptScorer:
     ``use_chat_template``: None = use the tokenizer's chat template when it has one. Prompts
     longer than ``max_length`` tokens lose their OLDEST history items (and, if even an empty
     history does not fit, their first tokens). ``progress``: None = a tqdm bar for more than
-    8 batches.
+    8 batches. ``autocast="bf16"``: the forward pass in bfloat16 mixed precision (weights and
+    scores stay float32).
     """
 
     paradigm = "prompt"
@@ -251,6 +270,7 @@ class PromptScorer:
         max_length: int = 512,
         use_chat_template: bool | None = None,
         progress: bool | None = None,
+        autocast: str | None = None,
     ):
         if batch_size < 1 or max_length < 8:
             raise ValueError(f"batch_size must be >= 1 and max_length >= 8, got {batch_size}, {max_length}")
@@ -260,6 +280,7 @@ class PromptScorer:
         self.batch_size = batch_size
         self.max_length = max_length
         self.progress = progress
+        self.autocast = _autocast_dtype(autocast)
         self.yes_ids, self.no_ids = answer_token_ids(tokenizer)
         has_chat = bool(getattr(tokenizer, "chat_template", None))
         if use_chat_template and not has_chat:
@@ -340,7 +361,8 @@ class PromptScorer:
 
     def logit_margin(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """LSE(yes logits) - LSE(no logits) at the last position, one per row (keeps gradients)."""
-        logits = self.model(**batch, **self._extra).logits[:, -1, :].float()
+        with _autocast_ctx(self.model, self.autocast):
+            logits = self.model(**batch, **self._extra).logits[:, -1, :].float()
         return logits[:, self.yes_ids].logsumexp(-1) - logits[:, self.no_ids].logsumexp(-1)
 
     # -- scoring ---------------------------------------------------------------------------------
@@ -388,7 +410,8 @@ class EmbeddingScorer:
     text). The hidden states are those of the transformer body (``model.base_model``), without
     any head. Texts are embedded once per distinct text within one ``score`` call. A text that
     tokenizes to nothing (an empty history, with a tokenizer that adds no special tokens) is
-    embedded as the single token bos (else eos, unk or pad).
+    embedded as the single token bos (else eos, unk or pad). ``autocast`` as for
+    :class:`PromptScorer`.
     """
 
     paradigm = "embedding"
@@ -403,6 +426,7 @@ class EmbeddingScorer:
         max_length: int = 256,
         separator: str = "; ",
         progress: bool | None = None,
+        autocast: str | None = None,
     ):
         if pooling not in ("mean", "last"):
             raise ValueError(f"pooling must be 'mean' or 'last', not {pooling!r}")
@@ -415,6 +439,7 @@ class EmbeddingScorer:
         self.max_length = max_length
         self.separator = separator
         self.progress = progress
+        self.autocast = _autocast_dtype(autocast)
         self._prefix, self._suffix = special_affixes(tokenizer)
         if len(self._prefix) + len(self._suffix) >= max_length:
             raise ValueError(f"max_length={max_length} leaves no room beside the tokenizer's special tokens")
@@ -447,8 +472,9 @@ class EmbeddingScorer:
         input_ids, mask = _pad(ids, self._pad_id, "right")
         device = _device(self.model)
         input_ids, mask = input_ids.to(device), mask.to(device)
-        hidden = self._body()(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        return pool(hidden, mask, self.pooling).float()
+        with _autocast_ctx(self.model, self.autocast):
+            hidden = self._body()(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        return pool(hidden.float(), mask, self.pooling)
 
     def embed(self, texts: Sequence[str], keep: str = "head", progress: bool | None = False) -> torch.Tensor:
         """L2-normalized embeddings [len(texts), dim] in length-sorted batches (gradients if enabled)."""

@@ -476,3 +476,30 @@ def test_real_minilm_embedding_scorer():
     skincare = scorer.score([REAL_H[1]] * 2, [REAL_C[1], REAL_C[2]])
     assert skincare[0] == pytest.approx(scores[1], abs=1e-5)
     assert skincare[0] > skincare[1]  # after skincare: a face cream rather than a horror film
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU speed options: bf16 autocast, LoRA on the top layers only
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bf16_autocast_scores_close_to_float32_and_rejects_unknown(tok, enc_tok):
+    groups, h, c, y = VALID
+    plain = PromptScorer(tiny_llama(tok), tok).margins(h, c)
+    mixed = PromptScorer(tiny_llama(tok), tok, autocast="bf16").margins(h, c)
+    assert not np.array_equal(plain, mixed)  # the forward pass really ran in bf16
+    np.testing.assert_allclose(mixed, plain, atol=0.05)
+    emb = EmbeddingScorer(tiny_bert(enc_tok), enc_tok).score(h, c)
+    emb_mixed = EmbeddingScorer(tiny_bert(enc_tok), enc_tok, autocast="bf16").score(h, c)
+    np.testing.assert_allclose(emb_mixed, emb, atol=0.05)
+    with pytest.raises(ValueError, match="autocast"):
+        PromptScorer(tiny_llama(tok), tok, autocast="int8")
+
+
+def test_lora_last_layers_adapts_only_the_top_layers_and_still_learns(tok):
+    scorer = PromptScorer(tiny_llama(tok), tok, autocast="bf16")
+    history = finetune(scorer, TRAIN[1:], VALID, FinetuneConfig(**{**FT, "lora_last_layers": 1}), log=None)
+    layers = {int(n.split(".layers.")[1].split(".")[0]) for n, _ in scorer.model.named_parameters() if "lora_" in n}
+    assert layers == {1}  # of layers 0 and 1
+    assert history["best_auc"] >= history["valid_auc"][0] + 0.1
+    assert all(p.dtype == torch.float32 for n, p in scorer.model.named_parameters() if "lora_" in n)

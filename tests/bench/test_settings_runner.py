@@ -9,7 +9,7 @@ import pytest
 
 from recfm.bench import runner as runner_mod
 from recfm.bench.report import transfer_rows, write_reports
-from recfm.bench.runner import BenchConfig, BenchRunner
+from recfm.bench.runner import BenchConfig, BenchRunner, ModelSpec
 from recfm.bench.settings import plans_for
 from recfm.data.dataset import SequenceDataset
 
@@ -73,6 +73,7 @@ def fake(monkeypatch, tmp_path):
 
     def finetune(scorer, train, valid, cfg, output_dir=None, log=print):
         calls["finetune"] += 1
+        calls["config"] = cfg
         scorer.bias = 0.1
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "adapter.txt").write_text("bias=0.1")
@@ -126,3 +127,17 @@ def test_runner_resumes_after_a_kill_and_never_recomputes_a_cell(fake, tmp_path)
     assert len(ft) == 4 and all(r["gain_over_zero_shot"] is not None for r in ft)
     cell = json.loads(next((tmp_path / "out").glob("cells/m/shop/ml-a.json")).read_text())
     assert cell["setting"] == "other_domain" and cell["target"] == "shop" and cell["finetune"]["plan"] == "ml-a"
+
+
+def test_model_finetune_fields_override_the_config_and_titles_are_cut(fake, tmp_path):
+    cfg = bench_config(tmp_path).model_copy(update={
+        "finetune": {"lr": 1e-4, "max_minutes": 9, "lora_r": 8},
+        "models": [ModelSpec(name="m", path="x", paradigm="prompt", finetune={"max_minutes": 2, "lora_last_layers": 6})],
+        "settings": ["target"], "targets": ["ml-a"], "max_title_chars": 8,
+    })
+    runner = BenchRunner(cfg)
+    runner.run()
+    used = fake["config"]
+    assert (used.lr, used.max_minutes, used.lora_r, used.lora_last_layers) == (1e-4, 2, 8, 6)
+    _, histories, candidates = runner.texts("ml-a", "test")
+    assert max(len(t) for t in candidates) <= 8 and max(len(t) for h in histories for t in h) <= 8
