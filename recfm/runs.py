@@ -141,6 +141,8 @@ def evaluate_run(run_dir: Path, progress=None, exclude_history: bool | None = No
     protocol = run.protocol
     if exclude_history is not None:
         protocol = protocol.model_copy(update={"exclude_history": exclude_history})
+    if max_cases is not None:
+        protocol = protocol.model_copy(update={"max_cases": max_cases})
     extra: dict = {}
     if dataset is not None and dataset != run.dataset:
         if not hasattr(recommender, "for_catalog"):
@@ -155,22 +157,16 @@ def evaluate_run(run_dir: Path, progress=None, exclude_history: bool | None = No
     if bad or not splits:
         raise RunError(f"splits must be valid and/or test, not {sorted(bad) or 'nothing'}")
     split = data.split()
-
-    def cases(name: str):
-        c = getattr(split, name)
-        if max_cases is None or max_cases >= len(c):
-            return c
-        # A seeded sample of whole cases (fixed across runs), recorded in the output.
-        extra["sampled_cases"] = {"max_cases": max_cases, "of": len(c), "seed": 0}
-        return c.subset(np.sort(np.random.default_rng(0).choice(len(c), max_cases, replace=False)))
-
-    scored = {name: _evaluate(recommender, cases(name), protocol, name, progress) for name in splits}
+    scored = {name: _evaluate(recommender, getattr(split, name), protocol, name, progress) for name in splits}
     return {"dataset": data.name, "model": run.model["name"], "protocol": protocol.describe(), **scored, **extra}
 
 
 def _evaluate(model, cases, protocol: Protocol, stage: str, progress) -> dict:
-    callback = progress(f"evaluating {stage}", len(cases)) if progress else None
-    metrics = evaluate(model, cases, protocol, progress=callback)
+    scored = protocol.sample(cases)
+    callback = progress(f"evaluating {stage}", len(scored)) if progress else None
+    metrics = evaluate(model, scored, protocol, progress=callback)
+    if len(scored) < len(cases):
+        metrics["cases_in_split"] = len(cases)
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}
 
 

@@ -157,6 +157,7 @@ def test_describe():
         "exclude_history": True,
         "mrr_depth": 50,
         "selection": "validation hr@10; test scored once",
+        "cases": "all",
     }
     json.dumps(d)  # goes into metrics.json
     default = Protocol().describe()
@@ -258,3 +259,15 @@ def test_selection_metric_must_be_a_computed_metric():
     with pytest.raises(ValueError, match="selection_metric"):
         Protocol(ks=[5, 20], selection_metric="ndcg@10")
     assert Protocol(ks=[5, 20], selection_metric="hr@20").selection_metric == "hr@20"
+
+
+def test_max_cases_samples_the_same_cases_every_time_and_is_described():
+    cases = EvalCases(users=np.arange(1, 11), histories=[np.array([1])] * 10, targets=np.arange(1, 11))
+    assert Protocol().sample(cases) is cases and Protocol(max_cases=10).sample(cases) is cases
+    a, b = Protocol(max_cases=4).sample(cases), Protocol(max_cases=4).sample(cases)
+    assert len(a) == 4 and a.users.tolist() == b.users.tolist() == sorted(set(a.users.tolist()))
+    assert set(a.targets.tolist()) == set(a.users.tolist())  # whole cases, not mixed rows
+    assert Protocol(max_cases=4).describe()["cases"].startswith("seeded sample of at most 4")
+    assert Protocol().describe()["cases"] == "all"
+    with pytest.raises(ValidationError):
+        Protocol(max_cases=0)

@@ -261,7 +261,8 @@ def test_train_recommend_evaluate_and_zero_shot_through_the_cli(shop, tmp_path):
     assert r.exit_code == 0, r.output
     zs = json.loads(r.output)
     assert zs["zero_shot"] and zs["dataset"] == "unseen-shop" and "valid" not in zs
-    assert zs["test"]["cases"] == 7 and zs["sampled_cases"] == {"max_cases": 7, "of": 12, "seed": 0}
+    assert zs["test"]["cases"] == 7 and zs["test"]["cases_in_split"] == 12
+    assert zs["protocol"]["cases"] == "seeded sample of at most 7 per split (seed 0)"
     assert zs["zero_shot_assign"]["items"] == 9
 
 

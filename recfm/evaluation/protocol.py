@@ -29,6 +29,10 @@ class Protocol(BaseModel):
     depth: int | None = Field(None, ge=1, description="list length requested from the model; MRR is computed within it")
     batch_size: int = Field(256, ge=1)
     selection_metric: str = Field("ndcg@10", description="validation metric used for early stopping and model selection")
+    max_cases: int | None = Field(
+        None, ge=1, description="final scores of a run on a seeded sample of this many cases per split (None = every "
+        "case); for models whose full evaluation is too slow (beam search on CPU); recorded in metrics.json",
+    )
 
     @model_validator(mode="after")
     def _check_cutoffs(self) -> "Protocol":
@@ -56,7 +60,14 @@ class Protocol(BaseModel):
             "exclude_history": self.exclude_history,
             "mrr_depth": self.list_depth,
             "selection": f"validation {self.selection_metric}; test scored once",
+            "cases": "all" if self.max_cases is None else f"seeded sample of at most {self.max_cases} per split (seed 0)",
         }
+
+    def sample(self, cases: EvalCases) -> EvalCases:
+        """``cases``, or a seeded sample of ``max_cases`` of them (the same sample on every run)."""
+        if self.max_cases is None or self.max_cases >= len(cases):
+            return cases
+        return cases.subset(np.sort(np.random.default_rng(0).choice(len(cases), self.max_cases, replace=False)))
 
 
 def evaluate(
