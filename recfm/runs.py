@@ -158,7 +158,8 @@ def evaluate_run(run_dir: Path, progress=None, exclude_history: bool | None = No
         raise RunError(f"splits must be valid and/or test, not {sorted(bad) or 'nothing'}")
     split = data.split()
     scored = {name: _evaluate(recommender, getattr(split, name), protocol, name, progress) for name in splits}
-    return {"dataset": data.name, "model": run.model["name"], "protocol": protocol.describe(), **scored, **extra}
+    return {"dataset": data.name, "model": run.model["name"], "protocol": protocol.describe(), **scored, **extra,
+            "environment": _environment()}
 
 
 def _evaluate(model, cases, protocol: Protocol, stage: str, progress) -> dict:
