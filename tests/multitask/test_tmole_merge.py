@@ -1,0 +1,161 @@
+"""TMoLE (eqs. 1-2) and TIES merging, against hand-computed numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from recfm.multitask.merge import ties_merge, ties_merge_tensors, trim_top_k
+from recfm.multitask.tmole import TMoLEConfig, TMoLELinear, attach_tmole
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    return LlamaForCausalLM(cfg).eval()
+
+
+SMALL = TMoLEConfig(r=2, alpha=4, dropout=0.0, n_embedding=1, n_generative=1, n_shared=1, task_dim=4, router_hidden=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# TMoLE
+# ---------------------------------------------------------------------------------------------
+
+
+def test_expert_masks_follow_the_task_type():
+    cfg = TMoLEConfig()  # 2 embedding + 2 generative + 2 shared
+    assert cfg.expert_mask("embedding").tolist() == [True, True, False, False, True, True]
+    assert cfg.expert_mask("generative").tolist() == [False, False, True, True, True, True]
+
+
+def test_attached_model_starts_equal_to_the_base_and_only_adapters_train():
+    model = tiny_llama()
+    ids = torch.randint(0, 50, (3, 7))
+    before = model(input_ids=ids).logits
+    tmole = attach_tmole(model, SMALL, ["generative", "embedding"])
+    assert len(tmole.layers) == 2 * 4  # q, k, v, o in 2 layers
+    with tmole.tasks([0, 1, 0]):
+        after = model(input_ids=ids).logits
+    torch.testing.assert_close(after, before)  # B = 0 at start
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "router" in n for n in trainable)
+    assert tmole.state.task_embedding.weight.requires_grad
+    with pytest.raises(RuntimeError, match="task ids"):
+        model(input_ids=ids)
+
+
+def test_eq1_gates_are_a_masked_softmax_of_the_router():
+    model = nn.Sequential()
+    model.q_proj = nn.Linear(4, 4)
+    tmole = attach_tmole(model, SMALL, ["embedding", "generative"])
+    layer = tmole.layers["q_proj"]
+    with torch.no_grad():
+        tmole.state.task_embedding.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+        layer.router[0].weight.copy_(torch.eye(3, 4))
+        layer.router[0].bias.zero_()
+        layer.router[2].weight.copy_(torch.tensor([[2.0, 0, 0], [0, 3.0, 0], [1.0, 1.0, 0]]))
+        layer.router[2].bias.zero_()
+    gelu = nn.functional.gelu
+    # task 0 (embedding): hidden = gelu([1, 0, 0]); logits = [2g, 0, g], generative expert masked
+    g = gelu(torch.tensor(1.0))
+    e = torch.exp(torch.tensor([2 * g, g]))
+    want0 = torch.tensor([e[0] / e.sum(), 0.0, e[1] / e.sum()])
+    # task 1 (generative): hidden = gelu([0, 1, 0]); logits = [0, 3g, g], embedding expert masked
+    e = torch.exp(torch.tensor([3 * g, g]))
+    want1 = torch.tensor([0.0, e[0] / e.sum(), e[1] / e.sum()])
+    v = layer.gates(torch.tensor([0, 1]))
+    torch.testing.assert_close(v, torch.stack([want0, want1]))
+    assert v[0, 1] == 0 and v[1, 0] == 0  # exactly zero, not small
+
+
+def test_eq2_output_is_base_plus_gated_low_rank_sum():
+    model = nn.Sequential()
+    model.o_proj = nn.Linear(3, 2)
+    tmole = attach_tmole(model, SMALL, ["generative"])
+    layer: TMoLELinear = tmole.layers["o_proj"]
+    torch.manual_seed(1)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(1, 5, 3)
+    v = layer.gates(torch.tensor([0]))[0]
+    want = model.o_proj.base(x) + (SMALL.alpha / SMALL.r) * sum(
+        v[j] * (x @ layer.lora_A[j] @ layer.lora_B[j]) for j in range(SMALL.n_experts))
+    with tmole.tasks([0]):
+        torch.testing.assert_close(model.o_proj(x), want)
+    assert v[0] == 0  # the embedding expert plays no part for a generative task
+
+
+def test_mixed_task_batch_equals_rows_one_at_a_time_and_masked_experts_get_no_gradient():
+    model = tiny_llama()
+    tmole = attach_tmole(model, SMALL, ["generative", "embedding"])
+    with torch.no_grad():
+        for layer in tmole.layers.values():
+            layer.lora_B.normal_(std=0.1)
+    ids = torch.randint(0, 50, (2, 6))
+    with tmole.tasks([0, 1]):
+        both = model(input_ids=ids).logits
+    for row, task in enumerate([0, 1]):
+        with tmole.tasks([task]):
+            torch.testing.assert_close(model(input_ids=ids[row : row + 1]).logits[0], both[row], atol=1e-5, rtol=1e-5)
+    with tmole.tasks([0, 0]):  # generative only: the embedding expert (index 0) gets no gradient
+        model(input_ids=ids).logits.sum().backward()
+    layer = next(iter(tmole.layers.values()))
+    assert layer.lora_B.grad[0].abs().sum() == 0 and layer.lora_B.grad[1].abs().sum() > 0
+
+
+def test_routing_table_and_weights_round_trip():
+    model = tiny_llama()
+    tmole = attach_tmole(model, SMALL, ["generative", "embedding", "generative"])
+    routing = tmole.routing()
+    assert routing.shape == (3, 8, 3)
+    torch.testing.assert_close(routing.sum(-1), torch.ones(3, 8))
+    weights = tmole.state_dict()
+    other = attach_tmole(tiny_llama(), SMALL, ["generative", "embedding", "generative"])
+    other.load_state_dict(weights)
+    torch.testing.assert_close(other.routing(), routing)
+    with pytest.raises(KeyError):
+        other.load_state_dict({k: v for k, v in list(weights.items())[1:]})
+
+
+# ---------------------------------------------------------------------------------------------
+# TIES merging
+# ---------------------------------------------------------------------------------------------
+
+
+def test_trim_keeps_the_largest_magnitudes():
+    t = torch.tensor([3.0, -1.0, 0.5, -2.0])
+    assert trim_top_k(t, 0.5).tolist() == [3.0, 0.0, 0.0, -2.0]
+    assert trim_top_k(t, 1.0).tolist() == t.tolist()
+    assert trim_top_k(torch.tensor([1.0, -1.0, 0.2]), 0.34).tolist() == [1.0, -1.0, 0.0]  # ceil(1.02) = 2
+    with pytest.raises(ValueError):
+        trim_top_k(t, 0.0)
+
+
+def test_ties_hand_computed():
+    t1 = torch.tensor([3.0, -1.0, 0.5, -2.0])
+    t2 = torch.tensor([-4.0, 2.0, 0.1, -1.0])
+    t3 = torch.tensor([1.0, 1.0, -3.0, 0.0])
+    # trimmed (density 0.5): [3, 0, 0, -2], [-4, 2, 0, 0], [1, 0, -3, 0] (tie 1 vs 1: the earlier entry)
+    # elected signs from the sums [0, 2, -3, -2]: [0, +, -, -]; disjoint means: [0, 2, -3, -2]
+    assert ties_merge_tensors([t1, t2, t3], density=0.5).tolist() == [0.0, 2.0, -3.0, -2.0]
+    # density 1: sums [4, 0] -> entry 0 averages the two positives, entry 1 has no elected sign
+    assert ties_merge_tensors([torch.tensor([1.0, -2.0]), torch.tensor([3.0, 2.0])], density=1.0).tolist() == [2.0, 0.0]
+    # agreeing values are averaged, disagreeing ones dropped: [2, 4, -1] -> sign +, mean(2, 4) = 3
+    assert ties_merge_tensors([torch.tensor([2.0]), torch.tensor([4.0]), torch.tensor([-1.0])], 1.0).tolist() == [3.0]
+
+
+def test_ties_merge_of_state_dicts_relative_to_a_base():
+    base = {"w": torch.tensor([1.0, 1.0]), "b": torch.tensor([0.0])}
+    a = {"w": torch.tensor([2.0, 0.0]), "b": torch.tensor([1.0])}
+    b = {"w": torch.tensor([4.0, 1.5]), "b": torch.tensor([-3.0])}
+    merged = ties_merge([a, b], base=base, density=1.0, scale=0.5)
+    # w: task vectors [1, -1] and [3, 0.5] -> signs [+, -] -> [2, -1] -> base + 0.5 * that
+    assert merged["w"].tolist() == [2.0, 0.5]
+    assert merged["b"].tolist() == [-1.5]  # [1] and [-3]: sum -2, only -3 agrees
+    assert ties_merge([a, b], names=["b"], density=1.0).keys() == {"b"}
+    with pytest.raises(KeyError):
+        ties_merge([a, {"w": b["w"]}], names=["b"])
