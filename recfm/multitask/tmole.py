@@ -45,6 +45,10 @@ class TMoLEConfig(BaseModel):
     task_dim: int = Field(512, ge=1, description="task embedding size (paper: 512)")
     router_hidden: int = Field(64, ge=1, description="hidden width of each projection's router MLP")
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    last_layers: int | None = Field(
+        None, ge=1, description="adapt only the top N transformer layers (None = all, as the paper): a CPU "
+        "saving, the backward pass stops below them",
+    )
 
     @property
     def n_experts(self) -> int:
@@ -163,6 +167,12 @@ def attach_tmole(model: nn.Module, config: TMoLEConfig, task_types: Sequence[Tas
     layers: dict[str, TMoLELinear] = {}
     targets = [(name, module) for name, module in model.named_modules()
                if name.rsplit(".", 1)[-1] in config.target_modules and isinstance(module, nn.Linear)]
+    if config.last_layers is not None:
+        n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+        if n_layers is None:
+            raise ValueError("last_layers needs a model whose config has num_hidden_layers")
+        keep = {f".layers.{i}." for i in range(max(0, n_layers - config.last_layers), n_layers)}
+        targets = [(n, m) for n, m in targets if any(k in f".{n}" for k in keep)]
     if not targets:
         raise ValueError(f"no nn.Linear named {config.target_modules} in {type(model).__name__}")
     device = next(model.parameters()).device

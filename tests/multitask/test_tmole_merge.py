@@ -159,3 +159,8 @@ def test_ties_merge_of_state_dicts_relative_to_a_base():
     assert ties_merge([a, b], names=["b"], density=1.0).keys() == {"b"}
     with pytest.raises(KeyError):
         ties_merge([a, {"w": b["w"]}], names=["b"])
+
+
+def test_last_layers_limits_the_adapted_projections():
+    tmole = attach_tmole(tiny_llama(), SMALL.model_copy(update={"last_layers": 1}), ["generative"])
+    assert sorted(tmole.layers) == [f"model.layers.1.self_attn.{p}" for p in ("k_proj", "o_proj", "q_proj", "v_proj")]

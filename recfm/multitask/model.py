@@ -1,0 +1,198 @@
+"""One causal-LM backbone for generative and embedding recommendation tasks (RecFound 4.1).
+
+- Generative branch: the chat prompt (system + the record's prompt) followed by the target; token
+  cross-entropy on the target tokens only. A record with options is trained to answer the letter
+  of the right option (A, B, ...; options are listed with their letters in the prompt), and
+  scored by the next-token logits of the option letters (one forward pass per record); a record
+  without options (free text, e.g. the published RecFound data) is trained on its response and
+  scored by exact match of a greedy answer.
+- Embedding branch: ``instruction <|embed|> text`` (items: ``<|embed|> text``), mean pooling of
+  the last hidden states over the non-padding tokens, L2 normalisation; InfoNCE over the batch
+  (every other positive is a negative, plus optional hard negatives) with a temperature.
+
+Adapters: TMoLE (task-routed experts), or plain LoRA, which is TMoLE with a single shared expert
+(its gate is always 1), so both variants share one code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from recfm.models.embedding import mean_pool
+from recfm.multitask.records import EMBED_TOKEN, EmbRecord, GenRecord
+from recfm.multitask.tmole import TMoLE, TMoLEConfig, attach_tmole
+
+LETTERS = [chr(ord("A") + i) for i in range(26)]
+
+
+class MultiTaskModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = Field("smollm2-135m-instruct", description="alias, folder or hub name of a causal LM")
+    adapter: Literal["tmole", "lora"] = Field("tmole", description="lora = one shared expert, no routing (the ablation)")
+    tmole: TMoLEConfig = Field(default_factory=TMoLEConfig)
+    temperature: float = Field(0.05, gt=0, description="InfoNCE temperature")
+    max_length: int = Field(512, ge=16, description="prompts are cut from the left (the oldest history) to this")
+    autocast: Literal["bf16"] | None = Field(None, description="bf16 mixed precision for the forward passes (CPU speed)")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    kind: Literal["generative", "embedding"]
+
+
+def option_prompt(record: GenRecord) -> str:
+    """The record's prompt with lettered options (the letters are what the model answers)."""
+    if not record.options:
+        return record.prompt()
+    if len(record.options) > len(LETTERS):
+        raise ValueError(f"{record.task}: {len(record.options)} options, at most {len(LETTERS)} supported")
+    listed = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(record.options))
+    body = "\n\n".join(p for p in (record.instruction, record.input) if p)
+    return f"{body}\n\nOptions:\n{listed}\n\nAnswer with the letter of one option."
+
+
+def target_text(record: GenRecord) -> str:
+    if record.options:
+        return LETTERS[record.options.index(record.response)]
+    return record.response
+
+
+class MultiTaskModel:
+    def __init__(self, model, tokenizer, tasks: Sequence[TaskSpec], config: MultiTaskModelConfig):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.tasks = list(tasks)
+        self.task_index = {t.name: i for i, t in enumerate(self.tasks)}
+        if EMBED_TOKEN not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [EMBED_TOKEN]})
+            model.resize_token_embeddings(len(tokenizer))
+        tcfg = config.tmole
+        if config.adapter == "lora":
+            tcfg = tcfg.model_copy(update={"n_embedding": 0, "n_generative": 0, "n_shared": 1})
+        self.tmole: TMoLE = attach_tmole(model, tcfg, [t.kind for t in self.tasks])
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self.letter_ids = []
+        for letter in LETTERS:
+            ids = tokenizer.encode(letter, add_special_tokens=False)
+            self.letter_ids.append(ids[0] if len(ids) == 1 else None)
+        self.device = next(model.parameters()).device
+
+    # -- plumbing --------------------------------------------------------------------------
+    def ids_of(self, tasks: Sequence[str]) -> torch.Tensor:
+        unknown = sorted(set(tasks) - set(self.task_index))
+        if unknown:
+            raise KeyError(f"unknown tasks {unknown}; the model knows {sorted(self.task_index)}")
+        return torch.tensor([self.task_index[t] for t in tasks], device=self.device)
+
+    def _autocast(self):
+        if self.config.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _chat(self, record: GenRecord) -> list[int]:
+        messages = [{"role": "system", "content": record.system}, {"role": "user", "content": option_prompt(record)}]
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = f"{record.system}\n\n{option_prompt(record)}\n\nAnswer: "
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids[-self.config.max_length :]
+
+    def _pad(self, rows: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            sl = slice(width - len(r), width) if left else slice(0, len(r))
+            ids[i, sl] = torch.tensor(r, dtype=torch.long)
+            mask[i, sl] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    # -- generative ------------------------------------------------------------------------
+    def generative_loss(self, records: Sequence[GenRecord]) -> torch.Tensor:
+        """Mean token cross-entropy of the targets (letter or response, then eos) given the prompts."""
+        rows, labels = [], []
+        for r in records:
+            prompt = self._chat(r)
+            target = self.tokenizer.encode(target_text(r), add_special_tokens=False) + [self.eos_id]
+            rows.append(prompt + target)
+            labels.append([-100] * len(prompt) + target)
+        ids, mask = self._pad(rows, left=False)
+        lab = torch.full_like(ids, -100)
+        for i, lb in enumerate(labels):
+            lab[i, : len(lb)] = torch.tensor(lb)
+        with self.tmole.tasks(self.ids_of([r.task for r in records])), self._autocast():
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1),
+                               ignore_index=-100)
+
+    @torch.no_grad()
+    def choose(self, records: Sequence[GenRecord], batch_size: int = 8) -> list[int]:
+        """Index of the predicted option per record (argmax of the option letters' next-token logits)."""
+        out: list[int] = []
+        for s in range(0, len(records), batch_size):
+            chunk = records[s : s + batch_size]
+            ids, mask = self._pad([self._chat(r) for r in chunk], left=True)
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            with self.tmole.tasks(self.ids_of([r.task for r in chunk])), self._autocast():
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -1].float()
+            for row, r in zip(logits, chunk):
+                letters = self.letter_ids[: len(r.options)]
+                if any(t is None for t in letters):
+                    raise ValueError("the tokenizer does not encode option letters as single tokens")
+                out.append(int(row[letters].argmax()))
+        return out
+
+    @torch.no_grad()
+    def answer(self, records: Sequence[GenRecord], max_new_tokens: int = 16) -> list[str]:
+        """Greedy answers for records without options."""
+        out = []
+        for r in records:
+            ids = torch.tensor([self._chat(r)], device=self.device)
+            with self.tmole.tasks(self.ids_of([r.task])), self._autocast():
+                gen = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                          max_new_tokens=max_new_tokens, pad_token_id=self.pad_id)
+            out.append(self.tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True).strip())
+        return out
+
+    # -- embedding -------------------------------------------------------------------------
+    def embed(self, texts: Sequence[str], tasks: Sequence[str]) -> torch.Tensor:
+        """L2-normalised mean-pooled last hidden states, one row per text (keeps gradients if enabled)."""
+        rows = [self.tokenizer.encode(t, add_special_tokens=False)[-self.config.max_length :] or [self.eos_id]
+                for t in texts]
+        ids, mask = self._pad(rows, left=False)
+        body = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.base_model
+        with self.tmole.tasks(self.ids_of(tasks)), self._autocast():
+            hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+        return F.normalize(mean_pool(hidden.float(), mask), dim=-1)
+
+    def embedding_loss(self, records: Sequence[EmbRecord]) -> torch.Tensor:
+        """InfoNCE: each query against every positive of the batch and all hard negatives."""
+        tasks = [r.task for r in records]
+        q = self.embed([r.query_text() for r in records], tasks)
+        docs = [EmbRecord.item_text(r.positive) for r in records]
+        doc_tasks = list(tasks)
+        for r in records:
+            docs += [EmbRecord.item_text(n) for n in r.negatives]
+            doc_tasks += [r.task] * len(r.negatives)
+        d = self.embed(docs, doc_tasks)
+        logits = q @ d.T / self.config.temperature
+        return F.cross_entropy(logits, torch.arange(len(records), device=logits.device))
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return self.tmole.parameters()
+
+
+def load_multitask_model(tasks: Sequence[TaskSpec], config: MultiTaskModelConfig) -> MultiTaskModel:
+    from recfm.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(config.backbone, padding_side="right")
+    return MultiTaskModel(model, tokenizer, tasks, config)

@@ -1,0 +1,186 @@
+"""Multi-task training (RecFound 4): one backbone, generative and embedding batches every step.
+
+Each step draws a generative batch and an embedding batch; how many records of each task go into
+them is decided by that type's S2Sched (``scheduler: s2sched``) or uniformly (``uniform``, the
+ablation). Loss = generative cross-entropy + InfoNCE. Every ``eval_every`` steps the fixed
+validation sample of every task is scored (no gradient) and its losses feed the schedulers.
+Adapter weights are kept at ``checkpoints`` evenly spaced steps of the second half of training;
+``merge: true`` replaces the final weights by their TIES merge (4.4) relative to the initial ones.
+
+    run = train_multitask(records, MultiTaskConfig(), output_dir)   # records: {task: {split: [...]}}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from recfm.compute import training_context
+from recfm.multitask.merge import ties_merge
+from recfm.multitask.model import MultiTaskModel, MultiTaskModelConfig, TaskSpec
+from recfm.multitask.records import GenRecord
+from recfm.multitask.s2sched import S2Sched, S2SchedConfig, allocate
+
+log = logging.getLogger("recfm.multitask")
+
+
+class MultiTaskConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: MultiTaskModelConfig = Field(default_factory=MultiTaskModelConfig)
+    scheduler: str = Field("s2sched", pattern="^(s2sched|uniform)$", description="uniform = the w/o S2Sched ablation")
+    s2sched: S2SchedConfig = Field(default_factory=S2SchedConfig)
+    merge: bool = Field(True, description="TIES-merge the kept checkpoints (false = the w/o merge ablation)")
+    checkpoints: int = Field(3, ge=1, description="adapter snapshots kept in the second half of training")
+    merge_density: float = Field(0.8, gt=0, le=1, description="share of each task vector kept by TIES")
+    steps: int = Field(200, ge=1)
+    gen_batch: int = Field(8, ge=1, description="generative records per step (B^(G))")
+    emb_batch: int = Field(8, ge=1, description="embedding records per step (B^(E))")
+    lr: float = Field(2e-4, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_minutes: float | None = Field(None, gt=0, description="stop training after this long (wall clock)")
+    eval_records: int | None = Field(200, ge=1, description="test records scored per task (None = all)")
+    num_threads: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class TaskPool:
+    """Uniform sampling without replacement from one task's training records, refilled when empty."""
+
+    def __init__(self, records: list, rng: np.random.Generator):
+        if not records:
+            raise ValueError("a task has no training records")
+        self.records, self.rng, self.order = records, rng, []
+
+    def take(self, n: int) -> list:
+        out = []
+        while len(out) < n:
+            if not self.order:
+                self.order = list(self.rng.permutation(len(self.records)))
+            out.append(self.records[self.order.pop()])
+        return out
+
+
+def task_specs(records: dict[str, dict[str, list]]) -> list[TaskSpec]:
+    specs = []
+    for task, splits in records.items():
+        sample = next((r for rs in splits.values() for r in rs), None)
+        if sample is None:
+            raise ValueError(f"task {task} has no records")
+        specs.append(TaskSpec(task, "generative" if isinstance(sample, GenRecord) else "embedding"))
+    return specs
+
+
+def _validation_losses(model: MultiTaskModel, valid: dict[str, list], kinds: dict[str, str]) -> dict[str, float]:
+    out = {}
+    with torch.no_grad():
+        for task, records in valid.items():
+            loss = model.generative_loss(records) if kinds[task] == "generative" else model.embedding_loss(records)
+            out[task] = float(loss)
+    return out
+
+
+def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig, model: MultiTaskModel,
+                    output_dir: Path | None = None, say: Callable[[str], None] = log.info) -> dict:
+    """Train ``model`` on every task's ``train`` records; returns the history (losses, schedules, merge)."""
+    kinds = {t.name: t.kind for t in model.tasks}
+    gen_tasks = [t for t in kinds if kinds[t] == "generative" and records[t].get("train")]
+    emb_tasks = [t for t in kinds if kinds[t] == "embedding" and records[t].get("train")]
+    rng = np.random.default_rng(config.seed)
+    pools = {t: TaskPool(records[t]["train"], np.random.default_rng([config.seed, i])) for i, t in enumerate(kinds)
+             if records[t].get("train")}
+    n_valid = config.s2sched.valid_samples
+    valid = {t: records[t].get("valid", [])[:n_valid] for t in gen_tasks + emb_tasks}
+    # InfoNCE needs at least 2 records for a negative; a task short of validation records is skipped
+    valid = {t: v for t, v in valid.items() if len(v) >= (2 if kinds[t] == "embedding" else 1)}
+    scheds = {b: S2Sched(ts, batch, config.steps, config.s2sched)
+              for b, ts, batch in (("generative", gen_tasks, config.gen_batch), ("embedding", emb_tasks, config.emb_batch))
+              if ts}
+    history: dict = {"steps": [], "loss": [], "gen_loss": [], "emb_loss": [], "valid": [], "schedule": [],
+                     "checkpoint_steps": []}
+    params = model.trainable_parameters()
+    initial = model.tmole.state_dict()
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    keep_at = set(np.unique(np.linspace(config.steps // 2, config.steps, config.checkpoints + 1)[1:].round()).astype(int))
+    snapshots: list[dict[str, torch.Tensor]] = []
+    t0 = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    with training_context(config.num_threads, config.seed):
+        model.model.train()
+        bar = tqdm(range(1, config.steps + 1), desc="multitask", unit="step", mininterval=2)
+        step = 0
+        for step in bar:
+            if config.scheduler == "s2sched" and (step - 1) % config.s2sched.eval_every == 0 and valid:
+                model.model.eval()
+                losses = _validation_losses(model, valid, kinds)
+                model.model.train()
+                history["valid"].append({"step": step - 1, **losses})
+                for b, sched in scheds.items():
+                    if all(t in losses for t in sched.tasks):
+                        sched.record(step - 1, {t: losses[t] for t in sched.tasks})
+            batch = {}
+            for b, sched in scheds.items():
+                if config.scheduler == "s2sched":
+                    counts = sched.next_counts(step - 1)
+                else:
+                    counts = dict(zip(sched.tasks, allocate(sched.batch_size, np.ones(len(sched.tasks))).tolist()))
+                    sched.log.append({"step": step - 1, "beta": None,
+                                      **{f"ratio/{t}": 1 / len(sched.tasks) for t in sched.tasks},
+                                      **{f"count/{t}": c for t, c in counts.items()}})
+                batch[b] = [r for t, c in counts.items() for r in pools[t].take(c)]
+            gen_loss = model.generative_loss(batch["generative"]) if batch.get("generative") else torch.zeros(())
+            emb_loss = model.embedding_loss(batch["embedding"]) if len(batch.get("embedding", [])) > 1 else torch.zeros(())
+            loss = gen_loss + emb_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            history["steps"].append(step)
+            history["loss"].append(float(loss.detach()))
+            history["gen_loss"].append(float(gen_loss.detach()))
+            history["emb_loss"].append(float(emb_loss.detach()))
+            bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", refresh=False)
+            if step in keep_at:
+                snapshots.append(model.tmole.state_dict())
+                history["checkpoint_steps"].append(step)
+            if config.max_minutes is not None and (time.perf_counter() - t0) / 60 >= config.max_minutes:
+                history["stopped"] = f"time limit ({config.max_minutes} min) at step {step}"
+                break
+        bar.close()
+        if not snapshots or history["checkpoint_steps"][-1] != step:
+            snapshots.append(model.tmole.state_dict())
+            history["checkpoint_steps"].append(step)
+        model.model.eval()
+    history["schedule"] = {b: s.log for b, s in scheds.items()}
+    history["train_seconds"] = round(time.perf_counter() - t0, 1)
+    if config.merge and len(snapshots) > 1:
+        merged = ties_merge(snapshots, base=initial, density=config.merge_density)
+        model.tmole.load_state_dict(merged)
+        history["merged"] = {"checkpoints": history["checkpoint_steps"], "density": config.merge_density}
+        say(f"merged {len(snapshots)} checkpoints (steps {history['checkpoint_steps']}) with TIES")
+    if output_dir is not None:
+        save_adapter(model, Path(output_dir))
+    return history
+
+
+def save_adapter(model: MultiTaskModel, directory: Path) -> None:
+    """TMoLE weights (safetensors) and the task table (JSON): all a run directory needs beside the backbone."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.tmole.state_dict().items()}, str(directory / "tmole.safetensors"))
+    (directory / "tasks.json").write_text(json.dumps([t.__dict__ for t in model.tasks], indent=2))
+
+
+def load_adapter(model: MultiTaskModel, directory: Path) -> None:
+    from safetensors.torch import load_file
+
+    model.tmole.load_state_dict(load_file(str(Path(directory) / "tmole.safetensors")))

@@ -1,0 +1,126 @@
+"""The multi-task model, trainer and evaluation on a tiny Llama and MovieLens-shaped records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from movielens_fixture import fake_movielens
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from recfm.multitask.evaluate import macro_f1, ranking_metrics, score_tasks
+from recfm.multitask.model import LETTERS, MultiTaskModel, MultiTaskModelConfig, option_prompt, target_text
+from recfm.multitask.records import EMBED_TOKEN, GenRecord, MovieLensTasks, TaskConfig
+from recfm.multitask.s2sched import S2SchedConfig
+from recfm.multitask.tmole import TMoLEConfig
+from recfm.multitask.trainer import MultiTaskConfig, load_adapter, save_adapter, task_specs, train_multitask
+
+TASKS = ["seqrec", "sentiment", "matching", "user2item", "query2item"]
+
+
+@pytest.fixture(scope="module")
+def records():
+    ml1m, ml100k = fake_movielens()
+    return MovieLensTasks(ml1m, ml100k, TaskConfig(history_len=3, n_options=4, max_records=12)).build(TASKS)
+
+
+def word_tokenizer(records) -> PreTrainedTokenizerFast:
+    words = {"<pad>", "</s>", "<unk>", EMBED_TOKEN, *LETTERS}
+    split = pre_tokenizers.Whitespace()
+    texts = ["Answer with the letter of one option. Options: Answer:"]
+    for splits in records.values():
+        for rs in splits.values():
+            for r in rs:
+                texts += [r.system, option_prompt(r), r.response] if isinstance(r, GenRecord) else [r.query_text(), r.positive]
+    for t in texts:
+        words.update(w for w, _ in split.pre_tokenize_str(t))
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *sorted(words - {"<pad>", "</s>", "<unk>"})])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = split
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   additional_special_tokens=[EMBED_TOKEN])
+
+
+def tiny_model(records, adapter="tmole") -> MultiTaskModel:
+    tok = word_tokenizer(records)
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                                      pad_token_id=0, eos_token_id=1, bos_token_id=None, initializer_range=0.5))
+    # a wide init: with the default 0.02 a frozen random head caps every logit near 0.6, so no adapter could fit
+    cfg = MultiTaskModelConfig(adapter=adapter, tmole=TMoLEConfig(r=4, alpha=8, dropout=0.0, task_dim=8, router_hidden=8))
+    return MultiTaskModel(lm, tok, task_specs(records), cfg)
+
+
+def test_prompt_letters_and_targets(records):
+    r = records["seqrec"]["train"][0]
+    text = option_prompt(r)
+    assert all(f"{LETTERS[i]}. {o}" in text for i, o in enumerate(r.options))
+    assert target_text(r) == LETTERS[r.options.index(r.response)]
+    assert target_text(GenRecord("t", "", "q", "free answer")) == "free answer"
+
+
+def test_losses_choices_and_embeddings(records):
+    model = tiny_model(records)
+    gen = records["seqrec"]["train"][:3] + records["sentiment"]["train"][:2]
+    assert torch.isfinite(model.generative_loss(gen))
+    assert torch.isfinite(model.embedding_loss(records["user2item"]["train"][:4]))
+    picks = model.choose(gen, batch_size=2)
+    assert len(picks) == 5 and all(0 <= p < len(r.options) for p, r in zip(picks, gen))
+    assert picks == model.choose(gen, batch_size=5)  # left padding + position ids: batching changes nothing
+    e = model.embed(["a b", "c"], ["user2item", "query2item"])
+    torch.testing.assert_close(e.norm(dim=-1), torch.ones(2))
+    assert model.answer([GenRecord("matching", "", "Record 1", "yes")], max_new_tokens=2)[0] is not None
+    with pytest.raises(KeyError, match="unknown tasks"):
+        model.ids_of(["nope"])
+
+
+def test_training_schedules_merges_and_the_adapter_reloads(records, tmp_path):
+    model = tiny_model(records)
+    cfg = MultiTaskConfig(steps=8, gen_batch=4, emb_batch=4, lr=5e-3, checkpoints=2,
+                          s2sched=S2SchedConfig(warmup_ratio=0.25, window=4, valid_samples=2))
+    history = train_multitask(records, cfg, model, tmp_path / "run", say=lambda m: None)
+    gen_log, emb_log = history["schedule"]["generative"], history["schedule"]["embedding"]
+    assert len(gen_log) == 8 and all(sum(v for k, v in row.items() if k.startswith("count/")) == 4 for row in gen_log)
+    assert gen_log[0]["beta"] is None and gen_log[-1]["beta"] is not None  # warmup (2 steps), then eq. (5)
+    assert {k for k in emb_log[0] if k.startswith("ratio/")} == {"ratio/user2item", "ratio/query2item"}
+    assert history["merged"]["checkpoints"] == [6, 8] and len(history["valid"]) == 8
+    picks = model.choose(records["seqrec"]["test"])
+    fresh = tiny_model(records)
+    load_adapter(fresh, tmp_path / "run")
+    assert fresh.choose(records["seqrec"]["test"]) == picks
+
+
+def test_ablations_uniform_sampling_and_plain_lora(records):
+    model = tiny_model(records, adapter="lora")
+    assert model.tmole.config.n_experts == 1
+    cfg = MultiTaskConfig(steps=3, gen_batch=6, emb_batch=4, scheduler="uniform", merge=False)
+    history = train_multitask(records, cfg, model, say=lambda m: None)
+    assert all(row["count/seqrec"] == 2 for row in history["schedule"]["generative"]) and "merged" not in history
+    assert history["valid"] == []  # no validation passes without S2Sched
+
+
+def test_training_reduces_the_generative_loss(records):
+    model = tiny_model(records)
+    batch = records["sentiment"]["train"][:8]
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=3e-2)
+    first = float(model.generative_loss(batch))
+    for _ in range(40):
+        opt.zero_grad()
+        model.generative_loss(batch).backward()
+        opt.step()
+    assert float(model.generative_loss(batch)) < 0.5 * first  # only the adapters and the router train
+
+
+def test_metrics_by_hand(records):
+    # labels a, b: F1(a) = 2*1/(2*1+1+0) = 2/3; F1(b) = 2*1/(2*1+0+1) = 2/3
+    assert macro_f1(["a", "a", "b"], ["a", "b", "b"]) == pytest.approx(2 / 3)
+    assert macro_f1(["a", "b"], ["a", "a"], labels=["a", "b", "c"]) == pytest.approx((2 / 3 + 0 + 0) / 3)
+    m = ranking_metrics(np.array([0, 1, 25]), k=20)
+    assert m["ndcg@20"] == pytest.approx((1 + 1 / np.log2(3)) / 3) and m["mrr@20"] == pytest.approx(0.5)
+    scores = score_tasks(tiny_model(records), {t: records[t]["test"] for t in TASKS},
+                         {t: ("embedding" if t.endswith("item") else "generative") for t in TASKS}, limit=5)
+    assert set(scores["seqrec"]) == {"records", "accuracy", "recall@1"}
+    assert set(scores["sentiment"]) == {"records", "accuracy", "macro_f1"}
+    assert {"ndcg@20", "mrr@20", "corpus"} <= set(scores["user2item"])
