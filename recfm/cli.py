@@ -27,6 +27,8 @@ data_app = typer.Typer(help="List, inspect and prepare datasets.", no_args_is_he
 app.add_typer(data_app, name="data")
 bench_app = typer.Typer(help="Foundation-model click-prediction benchmark (RecBench-MD).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+multitask_app = typer.Typer(help="Multi-task recommendation foundation model (RecFound).", no_args_is_help=True)
+app.add_typer(multitask_app, name="multitask")
 # Wide enough for the metrics table when piped (rich falls back to 80 columns off a terminal).
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 150)
@@ -341,6 +343,62 @@ def bench_report(output: Path = typer.Argument(..., help="a bench results folder
     out.print(leaderboard(read_cells(output)))
     for name, path in paths.items():
         out.print(f"{name}: {path}")
+
+
+def _multitask_config(config: Optional[Path], overrides: list[str]):
+    from recfm.config import parse_override
+    from recfm.multitask.run import load_run_config
+
+    nested: dict = {}
+    for text in overrides:
+        path, value = parse_override(text)
+        path = path[1:] if path[0] == "model" and path[1:2] and path[1] in ("data", "train") else path
+        node = nested
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    try:
+        return load_run_config(config, nested)
+    except Exception as e:  # pydantic lists every bad field
+        raise ConfigError(f"{config or 'defaults'}: {e}") from None
+
+
+@multitask_app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def multitask_train(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with data: and train: sections"),
+    output: Path = typer.Option(..., "--output", "-o", help="run directory"),
+) -> None:
+    """Train one model on every task (overrides: train.steps=50 train.scheduler=uniform ...)."""
+    from recfm.multitask.run import train_run
+
+    with user_errors():
+        metrics = train_run(_multitask_config(config, list(ctx.args)), output)
+    out.print_json(json.dumps(metrics["tasks"]))
+
+
+@multitask_app.command("evaluate")
+def multitask_evaluate(run: Path = typer.Option(..., "--run", help="a `recfm multitask train` run directory")) -> None:
+    """Re-score a trained run on every task's test records."""
+    from recfm.multitask.run import evaluate_run
+
+    with user_errors():
+        metrics = evaluate_run(run)
+    out.print_json(json.dumps(metrics["tasks"]))
+
+
+@multitask_app.command("ablation", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def multitask_ablation(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c"),
+    output: Path = typer.Option(..., "--output", "-o", help="folder for the variants, table.md and the plots"),
+) -> None:
+    """Zero-shot backbone, full method and the three ablations: one table, two plots per variant."""
+    from recfm.multitask.run import ablation
+
+    with user_errors():
+        table = ablation(_multitask_config(config, list(ctx.args)), output)
+    out.print(table.read_text())
 
 
 def run() -> None:  # pragma: no cover

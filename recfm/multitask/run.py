@@ -1,0 +1,263 @@
+"""`recfm multitask`: build the task records, train, evaluate, and the ablation table with its plots.
+
+    recfm multitask train --config configs/multitask-cpu.yaml --output runs/mt/full
+    recfm multitask evaluate --run runs/mt/full
+    recfm multitask ablation --config configs/multitask-cpu.yaml --output runs/mt   # table + 2 plots
+
+A run directory holds ``config.yaml``, ``tmole.safetensors`` + ``tasks.json`` (the adapter; the
+backbone is named in the config), ``history.json`` (losses, S2Sched ratios per step, merge),
+``metrics.json`` (per-task test scores), ``sample_ratios.png`` (Figure 3) and
+``routing_similarity.png`` (Figure 2). Records are built once per data config and cached as JSONL
+under ``<output>/../records-<hash>/`` or the path given by ``data.records_dir``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from recfm.multitask.records import EMB_TASKS, GEN_TASKS, SPLITS, MovieLensTasks, TaskConfig, read_records, write_records
+from recfm.multitask.trainer import MultiTaskConfig
+
+log = logging.getLogger("recfm.multitask")
+
+# The ablation rows of RecFound's Table 4, as overrides of the full method.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "recfound": {},
+    "w/o merge": {"merge": False},
+    "w/o S2Sched": {"scheduler": "uniform"},
+    "w/o TMoLE": {"model": {"adapter": "lora"}},
+}
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field("movielens", description="'movielens' (built here) or a folder of RecFound JSONL files")
+    tasks: list[str] = Field(default_factory=lambda: list(GEN_TASKS + EMB_TASKS))
+    build: dict[str, Any] = Field(default_factory=dict, description="TaskConfig fields (history_len, max_records, ...)")
+
+
+class MultiTaskRunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: MultiTaskConfig = Field(default_factory=MultiTaskConfig)
+
+
+def load_run_config(path: Path | None, overrides: dict | None = None) -> MultiTaskRunConfig:
+    from recfm.config import deep_merge
+
+    data = yaml.safe_load(Path(path).read_text()) if path else {}
+    return MultiTaskRunConfig.model_validate(deep_merge(data or {}, overrides or {}))
+
+
+def _raw(name: str):
+    from recfm.data.registry import resolve
+    from recfm.data.sources import FORMATS
+
+    _, fmt, path, _ = resolve(name)
+    return FORMATS[fmt].load(path, name=name)
+
+
+def build_records(data: DataConfig, cache_root: Path) -> dict[str, dict[str, list]]:
+    """{task: {split: records}}: from MovieLens (cached JSONL) or from a folder of RecFound JSONL."""
+    if data.source != "movielens":
+        return _recfound_folder(Path(data.source), data.tasks)
+    key = hashlib.sha256(json.dumps(data.model_dump(), sort_keys=True).encode()).hexdigest()[:12]
+    folder = cache_root / f"records-{key}"
+    if not (folder / "done.json").is_file():
+        log.info("building task records from MovieLens-1M and MovieLens-100K -> %s", folder)
+        built = MovieLensTasks(_raw("movielens-1m"), _raw("movielens-100k"), TaskConfig(**data.build)).build(data.tasks)
+        counts = {t: {s: write_records(rs, folder / f"{t}.{s}.jsonl") for s, rs in splits.items()}
+                  for t, splits in built.items()}
+        (folder / "done.json").write_text(json.dumps(counts, indent=2))
+        return built
+    return {t: {s: read_records(folder / f"{t}.{s}.jsonl") for s in SPLITS} for t in data.tasks}
+
+
+def _recfound_folder(folder: Path, tasks: list[str]) -> dict[str, dict[str, list]]:
+    """The published layout: {Generative,Embedding}_dataset_{train,eval,test}.jsonl, tasks mixed."""
+    from recfm.multitask.records import read_recfound_jsonl
+
+    out: dict[str, dict[str, list]] = {}
+    for split, name in (("train", "train"), ("valid", "eval"), ("test", "test")):
+        for kind in ("Generative", "Embedding"):
+            f = folder / f"{kind}_dataset_{name}.jsonl"
+            if f.is_file():
+                for r in read_recfound_jsonl(f):
+                    out.setdefault(r.task, {s: [] for s in SPLITS})[split].append(r)
+    if not out:
+        raise FileNotFoundError(f"{folder}: no Generative_dataset_*.jsonl or Embedding_dataset_*.jsonl files")
+    wanted = [t for t in tasks if t in out] or list(out)
+    return {t: out[t] for t in wanted}
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_sample_ratios(history: dict, path: Path) -> None:
+    """Figure 3: every task's sample ratio per step, one panel per task type."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = list(history["schedule"])
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 3.8), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        rows = history["schedule"][kind]
+        steps = [r["step"] for r in rows]
+        for key in [k for k in rows[0] if k.startswith("ratio/")]:
+            ax.plot(steps, [r[key] for r in rows], label=key.split("/", 1)[1])
+        ax.set_title(f"{kind} tasks: sample ratio per batch")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("ratio")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def routing_similarity(routing: np.ndarray) -> np.ndarray:
+    """Cosine similarity between tasks' routing distributions, concatenated over layers."""
+    flat = routing.reshape(routing.shape[0], -1)
+    flat = flat / np.linalg.norm(flat, axis=1, keepdims=True).clip(min=1e-12)
+    return flat @ flat.T
+
+
+def plot_routing_similarity(routing: np.ndarray, tasks: list[str], path: Path) -> None:
+    """Figure 2: routing-similarity heatmap across tasks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sim = routing_similarity(routing)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(tasks), 0.8 + 0.6 * len(tasks)))
+    im = ax.imshow(sim, vmin=0, vmax=1, cmap="Reds")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
+    ax.set_yticks(range(len(tasks)), tasks)
+    for i in range(len(tasks)):
+        for j in range(len(tasks)):
+            ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_title("TMoLE routing similarity")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# train / evaluate / ablation
+# ---------------------------------------------------------------------------------------------
+
+
+def _score(model, records, config: MultiTaskRunConfig) -> dict:
+    from recfm.multitask.evaluate import score_tasks
+
+    kinds = {t.name: t.kind for t in model.tasks}
+    return score_tasks(model, {t: records[t]["test"] for t in kinds}, kinds, config.train.eval_records)
+
+
+def train_run(config: MultiTaskRunConfig, output: Path, records=None, model=None) -> dict:
+    """Train one variant into ``output``; returns its metrics."""
+    from recfm.multitask.model import load_multitask_model
+    from recfm.multitask.trainer import task_specs, train_multitask
+
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    records = records if records is not None else build_records(config.data, output.parent)
+    model = model or load_multitask_model(task_specs(records), config.train.model)
+    history = train_multitask(records, config.train, model, output)
+    (output / "history.json").write_text(json.dumps(history))
+    plot_sample_ratios(history, output / "sample_ratios.png")
+    routing = model.tmole.routing().numpy()
+    np.save(output / "routing.npy", routing)
+    plot_routing_similarity(routing, [t.name for t in model.tasks], output / "routing_similarity.png")
+    metrics = {"tasks": _score(model, records, config), "train_seconds": history["train_seconds"],
+               "steps": len(history["steps"]), "stopped": history.get("stopped", "completed")}
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def evaluate_run(run_dir: Path) -> dict:
+    from recfm.multitask.model import load_multitask_model
+    from recfm.multitask.trainer import load_adapter, task_specs
+
+    config = load_run_config(run_dir / "config.yaml")
+    records = build_records(config.data, run_dir.parent)
+    model = load_multitask_model(task_specs(records), config.train.model)
+    load_adapter(model, run_dir)
+    return {"tasks": _score(model, records, config)}
+
+
+def zero_shot(config: MultiTaskRunConfig, output: Path) -> dict:
+    """The backbone as it is (adapters attached with B = 0 compute exactly the base model)."""
+    from recfm.multitask.model import load_multitask_model
+    from recfm.multitask.trainer import task_specs
+
+    records = build_records(config.data, output.parent)
+    model = load_multitask_model(task_specs(records), config.train.model)
+    metrics = {"tasks": _score(model, records, config), "train_seconds": 0, "steps": 0}
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def ablation(config: MultiTaskRunConfig, output: Path, variants: list[str] | None = None) -> Path:
+    """Zero-shot backbone + every variant (each skipped if its metrics.json exists); writes table.md."""
+    from recfm.config import deep_merge
+
+    names = variants or list(VARIANTS)
+    results = {}
+    zs = output / "zero-shot"
+    results["backbone (zero-shot)"] = (json.loads((zs / "metrics.json").read_text()) if (zs / "metrics.json").is_file()
+                                       else zero_shot(config, zs))
+    for name in names:
+        run_dir = output / name.replace("/", "").replace(" ", "-")
+        if (run_dir / "metrics.json").is_file():
+            results[name] = json.loads((run_dir / "metrics.json").read_text())
+            continue
+        variant = MultiTaskRunConfig.model_validate(deep_merge(config.model_dump(), {"train": VARIANTS[name]}))
+        log.info("multitask ablation: %s", name)
+        results[name] = train_run(variant, run_dir)
+    table = ablation_table(results)
+    (output / "table.md").write_text(table + "\n")
+    return output / "table.md"
+
+
+def ablation_table(results: dict[str, dict]) -> str:
+    tasks = list(next(iter(results.values()))["tasks"])
+
+    def main_metric(m: dict) -> tuple[str, float]:
+        for key in ("macro_f1", "recall@1", "ndcg@20"):
+            if key in m:
+                return key, m[key]
+        return "accuracy", m["accuracy"]
+
+    header = "| variant | " + " | ".join(f"{t} ({main_metric(results[next(iter(results))]['tasks'][t])[0]})"
+                                         for t in tasks) + " | gen. avg | emb. avg | train s |"
+    lines = [header, "|" + "---|" * (len(tasks) + 4)]
+    for name, res in results.items():
+        vals, gen, emb = [], [], []
+        for t in tasks:
+            m = res["tasks"].get(t)
+            if m is None:
+                vals.append("-")
+                continue
+            key, v = main_metric(m)
+            vals.append(f"{v:.3f}")
+            (emb if key == "ndcg@20" else gen).append(v)
+        lines.append(f"| {name} | " + " | ".join(vals) + f" | {np.mean(gen):.3f} | {np.mean(emb):.3f} | "
+                     f"{res.get('train_seconds', 0):.0f} |")
+    return "\n".join(lines)
