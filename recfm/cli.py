@@ -392,12 +392,13 @@ def multitask_ablation(
     ctx: typer.Context,
     config: Optional[Path] = typer.Option(None, "--config", "-c"),
     output: Path = typer.Option(..., "--output", "-o", help="folder for the variants, table.md and the plots"),
+    paper: bool = typer.Option(False, "--paper-variants", help="RecFound Table 4's cumulative variants instead"),
 ) -> None:
     """Zero-shot backbone, full method and the three ablations: one table, two plots per variant."""
-    from recfm.multitask.run import ablation
+    from recfm.multitask.run import PAPER_VARIANTS, ablation
 
     with user_errors():
-        table = ablation(_multitask_config(config, list(ctx.args)), output)
+        table = ablation(_multitask_config(config, list(ctx.args)), output, PAPER_VARIANTS if paper else None)
     out.print(table.read_text())
 
 

@@ -28,13 +28,20 @@ from recfm.multitask.trainer import MultiTaskConfig
 
 log = logging.getLogger("recfm.multitask")
 
-# The ablation rows of RecFound's Table 4, as overrides of the full method.
+# Variants as overrides of the full method. The default set switches one component off at a
+# time; RecFound's Table 4 removes the merge first and then S2Sched and/or TMoLE on top of it
+# (PAPER_VARIANTS), which `--variants` selects.
 VARIANTS: dict[str, dict[str, Any]] = {
     "recfound": {},
     "w/o merge": {"merge": False},
     "w/o S2Sched": {"scheduler": "uniform"},
     "w/o TMoLE": {"model": {"adapter": "lora"}},
+    "w/o merge & S2Sched": {"merge": False, "scheduler": "uniform"},
+    "w/o merge & TMoLE": {"merge": False, "model": {"adapter": "lora"}},
+    "w/o merge & S2Sched & TMoLE": {"merge": False, "scheduler": "uniform", "model": {"adapter": "lora"}},
 }
+DEFAULT_VARIANTS = ["recfound", "w/o merge", "w/o S2Sched", "w/o TMoLE"]
+PAPER_VARIANTS = ["recfound", "w/o merge", "w/o merge & S2Sched", "w/o merge & TMoLE", "w/o merge & S2Sched & TMoLE"]
 
 
 class DataConfig(BaseModel):
@@ -218,13 +225,16 @@ def ablation(config: MultiTaskRunConfig, output: Path, variants: list[str] | Non
     """Zero-shot backbone + every variant (each skipped if its metrics.json exists); writes table.md."""
     from recfm.config import deep_merge
 
-    names = variants or list(VARIANTS)
+    names = variants or DEFAULT_VARIANTS
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     results = {}
     zs = output / "zero-shot"
     results["backbone (zero-shot)"] = (json.loads((zs / "metrics.json").read_text()) if (zs / "metrics.json").is_file()
                                        else zero_shot(config, zs))
     for name in names:
-        run_dir = output / name.replace("/", "").replace(" ", "-")
+        run_dir = output / name.replace("/", "").replace(" & ", "-").replace(" ", "-")
         if (run_dir / "metrics.json").is_file():
             results[name] = json.loads((run_dir / "metrics.json").read_text())
             continue
