@@ -72,7 +72,8 @@ class MultiTaskModel:
         self.task_index = {t.name: i for i, t in enumerate(self.tasks)}
         if EMBED_TOKEN not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [EMBED_TOKEN]})
-            model.resize_token_embeddings(len(tokenizer))
+        if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            _grow_embeddings(model, len(tokenizer))
         tcfg = config.tmole
         if config.adapter == "lora":
             tcfg = tcfg.model_copy(update={"n_embedding": 0, "n_generative": 0, "n_shared": 1})
@@ -189,6 +190,17 @@ class MultiTaskModel:
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return self.tmole.parameters()
+
+
+def _grow_embeddings(model, size: int) -> None:
+    """Room for the added tokens, their rows set to the mean of the existing ones: deterministic,
+    so a reloaded model (backbone + saved adapter) embeds exactly as the trained one did (the
+    rows stay frozen and are not saved with the adapter)."""
+    old = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(size, mean_resizing=False)
+    with torch.no_grad():
+        for matrix in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}.values():
+            matrix.weight[old:] = matrix.weight[:old].mean(0)
 
 
 def load_multitask_model(tasks: Sequence[TaskSpec], config: MultiTaskModelConfig) -> MultiTaskModel:

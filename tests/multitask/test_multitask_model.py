@@ -25,8 +25,8 @@ def records():
     return MovieLensTasks(ml1m, ml100k, TaskConfig(history_len=3, n_options=4, max_records=12)).build(TASKS)
 
 
-def word_tokenizer(records) -> PreTrainedTokenizerFast:
-    words = {"<pad>", "</s>", "<unk>", EMBED_TOKEN, *LETTERS}
+def word_tokenizer(records, with_embed: bool = True) -> PreTrainedTokenizerFast:
+    words = {"<pad>", "</s>", "<unk>", *LETTERS, *([EMBED_TOKEN] if with_embed else [])}
     split = pre_tokenizers.Whitespace()
     texts = ["Answer with the letter of one option. Options: Answer:"]
     for splits in records.values():
@@ -39,11 +39,11 @@ def word_tokenizer(records) -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = split
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   additional_special_tokens=[EMBED_TOKEN])
+                                   additional_special_tokens=[EMBED_TOKEN] if with_embed else [])
 
 
-def tiny_model(records, adapter="tmole") -> MultiTaskModel:
-    tok = word_tokenizer(records)
+def tiny_model(records, adapter="tmole", with_embed=True) -> MultiTaskModel:
+    tok = word_tokenizer(records, with_embed)
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
@@ -87,9 +87,12 @@ def test_training_schedules_merges_and_the_adapter_reloads(records, tmp_path):
     assert {k for k in emb_log[0] if k.startswith("ratio/")} == {"ratio/user2item", "ratio/query2item"}
     assert history["merged"]["checkpoints"] == [6, 8] and len(history["valid"]) == 8
     picks = model.choose(records["seqrec"]["test"])
+    queries = [r.query_text() for r in records["user2item"]["test"][:3]]
+    vectors = model.embed(queries, ["user2item"] * 3)
     fresh = tiny_model(records)
     load_adapter(fresh, tmp_path / "run")
     assert fresh.choose(records["seqrec"]["test"]) == picks
+    torch.testing.assert_close(fresh.embed(queries, ["user2item"] * 3), vectors)  # <|embed|> rows are rebuilt alike
 
 
 def test_ablations_uniform_sampling_and_plain_lora(records):
@@ -105,7 +108,7 @@ def test_training_reduces_the_generative_loss(records):
     model = tiny_model(records)
     batch = records["sentiment"]["train"][:8]
     opt = torch.optim.Adam(model.trainable_parameters(), lr=3e-2)
-    first = float(model.generative_loss(batch))
+    first = float(model.generative_loss(batch).detach())
     for _ in range(40):
         opt.zero_grad()
         model.generative_loss(batch).backward()
@@ -124,3 +127,11 @@ def test_metrics_by_hand(records):
     assert set(scores["seqrec"]) == {"records", "accuracy", "recall@1"}
     assert set(scores["sentiment"]) == {"records", "accuracy", "macro_f1"}
     assert {"ndcg@20", "mrr@20", "corpus"} <= set(scores["user2item"])
+
+
+def test_an_added_embed_token_gets_the_mean_row_every_time(records):
+    a, b = tiny_model(records, with_embed=False), tiny_model(records, with_embed=False)
+    weight = a.model.get_input_embeddings().weight
+    assert weight.shape[0] == len(a.tokenizer) and EMBED_TOKEN in a.tokenizer.get_vocab()
+    torch.testing.assert_close(weight[-1], weight[:-1].mean(0))
+    torch.testing.assert_close(b.model.get_input_embeddings().weight, weight)
