@@ -346,17 +346,21 @@ def bench_report(output: Path = typer.Argument(..., help="a bench results folder
 
 
 def _multitask_config(config: Optional[Path], overrides: list[str]):
-    from recfm.config import parse_override
+    """The YAML config with ``section.key=value`` overrides (``train.steps=50``, ``data.build.history_len=5``)."""
+    import yaml
+
     from recfm.multitask.run import load_run_config
 
     nested: dict = {}
     for text in overrides:
-        path, value = parse_override(text)
-        path = path[1:] if path[0] == "model" and path[1:2] and path[1] in ("data", "train") else path
+        key, sep, raw = text.partition("=")
+        path = key.strip().split(".")
+        if not sep or not all(path) or path[0] not in ("data", "train"):
+            raise ConfigError(f"override {text!r} must look like train.KEY=VALUE or data.KEY=VALUE (e.g. train.steps=50)")
         node = nested
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw) if raw.strip() else None
     try:
         return load_run_config(config, nested)
     except Exception as e:  # pydantic lists every bad field

@@ -57,4 +57,7 @@ def test_ablation_command_writes_the_table_and_both_plots(tmp_path):
     assert result.exit_code == 0 and "Emb_user" in result.output
     bad = CliRunner().invoke(app, ["--quiet", "multitask", "train", "-c", str(tmp_path / "mt.yaml"), "-o", str(out / "x"),
                                    "steps=3"])
-    assert bad.exit_code != 0 and "steps" in bad.output
+    assert bad.exit_code != 0 and "train.KEY=VALUE" in bad.output
+    typo = CliRunner().invoke(app, ["--quiet", "multitask", "train", "-c", str(tmp_path / "mt.yaml"), "-o", str(out / "y"),
+                                    "train.stepz=3"])
+    assert typo.exit_code != 0 and "stepz" in typo.output
