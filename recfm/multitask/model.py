@@ -16,7 +16,6 @@ Adapters: TMoLE (task-routed experts), or plain LoRA, which is TMoLE with a sing
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from recfm.models.batching import autocast_context, autocast_dtype, pad_batch
 from recfm.models.embedding import mean_pool
 from recfm.multitask.records import EMBED_TOKEN, EmbRecord, GenRecord
 from recfm.multitask.tmole import TMoLE, TMoLEConfig, attach_tmole
@@ -85,6 +85,7 @@ class MultiTaskModel:
             ids = tokenizer.encode(letter, add_special_tokens=False)
             self.letter_ids.append(ids[0] if len(ids) == 1 else None)
         self.device = next(model.parameters()).device
+        self.autocast = autocast_dtype(config.autocast)
 
     # -- plumbing --------------------------------------------------------------------------
     def ids_of(self, tasks: Sequence[str]) -> torch.Tensor:
@@ -92,11 +93,6 @@ class MultiTaskModel:
         if unknown:
             raise KeyError(f"unknown tasks {unknown}; the model knows {sorted(self.task_index)}")
         return torch.tensor([self.task_index[t] for t in tasks], device=self.device)
-
-    def _autocast(self):
-        if self.config.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _chat(self, record: GenRecord) -> list[int]:
         messages = [{"role": "system", "content": record.system}, {"role": "user", "content": option_prompt(record)}]
@@ -108,13 +104,7 @@ class MultiTaskModel:
         return ids[-self.config.max_length :]
 
     def _pad(self, rows: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            sl = slice(width - len(r), width) if left else slice(0, len(r))
-            ids[i, sl] = torch.tensor(r, dtype=torch.long)
-            mask[i, sl] = 1
+        ids, mask = pad_batch(rows, self.pad_id, "left" if left else "right")
         return ids.to(self.device), mask.to(self.device)
 
     # -- generative ------------------------------------------------------------------------
@@ -130,7 +120,7 @@ class MultiTaskModel:
         lab = torch.full_like(ids, -100)
         for i, lb in enumerate(labels):
             lab[i, : len(lb)] = torch.tensor(lb)
-        with self.tmole.tasks(self.ids_of([r.task for r in records])), self._autocast():
+        with self.tmole.tasks(self.ids_of([r.task for r in records])), autocast_context(self.device, self.autocast):
             logits = self.model(input_ids=ids, attention_mask=mask).logits
         return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1),
                                ignore_index=-100)
@@ -143,7 +133,7 @@ class MultiTaskModel:
             chunk = records[s : s + batch_size]
             ids, mask = self._pad([self._chat(r) for r in chunk], left=True)
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            with self.tmole.tasks(self.ids_of([r.task for r in chunk])), self._autocast():
+            with self.tmole.tasks(self.ids_of([r.task for r in chunk])), autocast_context(self.device, self.autocast):
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -1].float()
             for row, r in zip(logits, chunk):
                 letters = self.letter_ids[: len(r.options)]
@@ -158,7 +148,7 @@ class MultiTaskModel:
         out = []
         for r in records:
             ids = torch.tensor([self._chat(r)], device=self.device)
-            with self.tmole.tasks(self.ids_of([r.task])), self._autocast():
+            with self.tmole.tasks(self.ids_of([r.task])), autocast_context(self.device, self.autocast):
                 gen = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                           max_new_tokens=max_new_tokens, pad_token_id=self.pad_id)
             out.append(self.tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True).strip())
@@ -171,7 +161,7 @@ class MultiTaskModel:
                 for t in texts]
         ids, mask = self._pad(rows, left=False)
         body = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.base_model
-        with self.tmole.tasks(self.ids_of(tasks)), self._autocast():
+        with self.tmole.tasks(self.ids_of(tasks)), autocast_context(self.device, self.autocast):
             hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
         return F.normalize(mean_pool(hidden.float(), mask), dim=-1)
 

@@ -1,0 +1,40 @@
+"""Token batches and mixed precision shared by every model that feeds an HF transformer
+(the benchmark's scorers, the multi-task backbone)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(autocast: str | None) -> torch.dtype | None:
+    """``"bf16"``/``"fp16"`` -> the dtype; None -> None (full precision)."""
+    if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast must be one of {sorted(AUTOCAST_DTYPES)} or None, not {autocast!r}")
+    return AUTOCAST_DTYPES.get(autocast) if autocast else None
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision for the forward pass (weights stay float32, so LoRA training is unchanged):
+    bf16 on a CPU with AMX/AVX512-BF16 runs SmolLM2 about 3x faster forward, 2x forward+backward."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of ``seqs`` padded to the longest on ``side`` ("left" or "right")."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        if not seq:
+            raise ValueError("cannot batch an empty token sequence")
+        cols = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        ids[row, cols] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, cols] = 1
+    return ids, mask
