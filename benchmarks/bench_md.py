@@ -28,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import ROOT, write_section  # noqa: E402
 
+from recfm.bench.report import transfer_rows  # noqa: E402
+
 TARGET_GAIN = 0.05  # fine-tuned AUC - zero-shot AUC on movielens-1m (issue 4)
 
 
@@ -55,12 +57,8 @@ def invoke(cmd: list[str], log_file: Path, kill_after: float | None) -> tuple[fl
 
 def gains(cells: list[dict]) -> list[tuple[str, str, float, float]]:
     """(model, target, zero-shot AUC, fine-tuned-on-target AUC) per model and target."""
-    zero = {(c["model"], c["target"]): c["metrics"]["auc"] for c in cells if c["setting"] == "zero_shot"}
-    out = []
-    for c in cells:
-        if c["setting"] == "target" and (c["model"], c["target"]) in zero:
-            out.append((c["model"], c["target"], zero[(c["model"], c["target"])], c["metrics"]["auc"]))
-    return sorted(out)
+    return sorted((r["model"], r["target"], r["zero_shot_auc"], r["auc"]) for r in transfer_rows(cells)
+                  if r["setting"] == "target" and r["zero_shot_auc"] is not None)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from recfm.evaluation.metrics import metrics_from_ranks
 from recfm.multitask.records import EmbRecord, GenRecord
 
 
@@ -53,10 +54,10 @@ def generative_scores(model, records: Sequence[GenRecord], batch_size: int = 8) 
 
 
 def ranking_metrics(ranks: np.ndarray, k: int = 20) -> dict:
-    """NDCG@k and MRR@k of 0-based ranks of the single relevant item."""
-    hit = ranks < k
-    return {f"ndcg@{k}": float(np.where(hit, 1.0 / np.log2(ranks + 2), 0.0).mean()),
-            f"mrr@{k}": float(np.where(hit, 1.0 / (ranks + 1), 0.0).mean())}
+    """NDCG@k and MRR@k of 0-based ranks of the single relevant item (the protocol's metrics,
+    with ranks beyond k counted as misses so that MRR is cut at k too)."""
+    m = metrics_from_ranks(np.where(np.asarray(ranks) < k, ranks, -1), [k])
+    return {f"ndcg@{k}": m[f"ndcg@{k}"], f"mrr@{k}": m["mrr"]}
 
 
 @torch.no_grad()

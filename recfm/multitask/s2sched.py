@@ -146,10 +146,11 @@ class S2Sched:
         values = np.array(self.losses[-self.config.window :])
         return np.array([regression_slope(steps, values[:, i]) for i in range(len(self.tasks))])
 
-    def ratios(self, step: int) -> tuple[np.ndarray, float | None]:
-        """omega for ``step`` (uniform during the warmup or before two measurements) and beta."""
+    def ratios(self, step: int, adaptive: bool = True) -> tuple[np.ndarray, float | None]:
+        """omega for ``step`` (uniform when not ``adaptive``, during the warmup or before two
+        measurements) and beta."""
         k = len(self.tasks)
-        if step < self.warmup_steps or len(self.losses) < 2:
+        if not adaptive or step < self.warmup_steps or len(self.losses) < 2:
             return np.full(k, 1.0 / k), None
         self.alphas.append(self.slopes())
         recent = np.array(self.alphas[-self.config.window :])
@@ -158,9 +159,10 @@ class S2Sched:
         beta = balancing_weight(np.array([a.max() for a in self.alphas]), self.config.temperature)
         return sample_ratio(gamma_inter, gamma_intra, beta), beta
 
-    def next_counts(self, step: int) -> dict[str, int]:
-        """How many samples of each task the batch of ``step`` takes (sums to ``batch_size``)."""
-        omega, beta = self.ratios(step)
+    def next_counts(self, step: int, adaptive: bool = True) -> dict[str, int]:
+        """How many samples of each task the batch of ``step`` takes (sums to ``batch_size``);
+        ``adaptive=False``: uniform sampling (the w/o S2Sched ablation), logged alike."""
+        omega, beta = self.ratios(step, adaptive)
         counts = allocate(self.batch_size, omega)
         self.log.append({"step": step, "beta": beta, **{f"ratio/{t}": float(w) for t, w in zip(self.tasks, omega)},
                          **{f"count/{t}": int(c) for t, c in zip(self.tasks, counts)}})

@@ -26,7 +26,7 @@ from recfm.compute import training_context
 from recfm.multitask.merge import ties_merge
 from recfm.multitask.model import MultiTaskModel, MultiTaskModelConfig, TaskSpec
 from recfm.multitask.records import GenRecord
-from recfm.multitask.s2sched import S2Sched, S2SchedConfig, allocate
+from recfm.multitask.s2sched import S2Sched, S2SchedConfig
 
 log = logging.getLogger("recfm.multitask")
 
@@ -93,7 +93,6 @@ def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig
     kinds = {t.name: t.kind for t in model.tasks}
     gen_tasks = [t for t in kinds if kinds[t] == "generative" and records[t].get("train")]
     emb_tasks = [t for t in kinds if kinds[t] == "embedding" and records[t].get("train")]
-    rng = np.random.default_rng(config.seed)
     pools = {t: TaskPool(records[t]["train"], np.random.default_rng([config.seed, i])) for i, t in enumerate(kinds)
              if records[t].get("train")}
     n_valid = config.s2sched.valid_samples
@@ -128,13 +127,7 @@ def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig
                         sched.record(step - 1, {t: losses[t] for t in sched.tasks})
             batch = {}
             for b, sched in scheds.items():
-                if config.scheduler == "s2sched":
-                    counts = sched.next_counts(step - 1)
-                else:
-                    counts = dict(zip(sched.tasks, allocate(sched.batch_size, np.ones(len(sched.tasks))).tolist()))
-                    sched.log.append({"step": step - 1, "beta": None,
-                                      **{f"ratio/{t}": 1 / len(sched.tasks) for t in sched.tasks},
-                                      **{f"count/{t}": c for t, c in counts.items()}})
+                counts = sched.next_counts(step - 1, adaptive=config.scheduler == "s2sched")
                 batch[b] = [r for t, c in counts.items() for r in pools[t].take(c)]
             gen_loss = model.generative_loss(batch["generative"]) if batch.get("generative") else torch.zeros(())
             emb_loss = model.embedding_loss(batch["embedding"]) if len(batch.get("embedding", [])) > 1 else torch.zeros(())
