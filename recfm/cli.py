@@ -76,9 +76,10 @@ def user_errors():
         _print_error(e)
         raise typer.Exit(2) from None
     except Exception as e:
+        from recfm.checkpoint import CheckpointError
         from recfm.runs import RunError
 
-        if isinstance(e, RunError):
+        if isinstance(e, (RunError, CheckpointError)):
             _print_error(e)
             raise typer.Exit(2) from None
         raise
@@ -165,12 +166,13 @@ def train(
     output: Path = typer.Option(..., "--output", "-o", help="run directory to create"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config layered over the defaults"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last checkpoint"),
 ) -> None:
     """Train MODEL on a dataset, select on validation, score test once. Extra args are key=value overrides."""
     from recfm.runs import train_run
 
     with user_errors(), progress_bars() as bars:
-        metrics = train_run(model, dataset, output, config, ctx.args, overwrite=overwrite, progress=bars)
+        metrics = train_run(model, dataset, output, config, ctx.args, overwrite=overwrite, progress=bars, resume=resume)
     _print_metrics_table([metrics], title=f"{model} on {metrics['dataset']} (run: {output})")
 
 
@@ -404,6 +406,32 @@ def multitask_ablation(
     with user_errors():
         table = ablation(_multitask_config(config, list(ctx.args)), output, PAPER_VARIANTS if paper else None)
     out.print(table.read_text())
+
+
+@app.command("serve")
+def serve(
+    run: Path = typer.Option(..., "--run", "-r", help="run directory made by `recfm train`"),
+    host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on (0.0.0.0 exposes it to the network)"),
+    port: int = typer.Option(8000, "--port", "-p", min=1, max=65535),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, help="requests answered by one model call at most"),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0, help="how long a request waits for others to batch with"),
+    max_history: int = typer.Option(200, "--max-history", min=1, help="longer histories are refused (413)"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: all cores)"),
+) -> None:
+    """HTTP API of a trained run: POST /recommend, POST /embed, GET /health; OpenAPI at /docs."""
+    import torch
+    import uvicorn
+
+    from recfm.serve import Limits, RecommendationService, create_app
+
+    if threads:
+        torch.set_num_threads(threads)
+    with user_errors():
+        service = RecommendationService.from_run(run, Limits(max_history=max_history))
+    console.print(f"serving {service.model_name} on {service.data.name} ({service.data.n_items} items) "
+                  f"at http://{host}:{port} (API docs: /docs)")
+    uvicorn.run(create_app(service, max_batch=max_batch, max_wait_ms=max_wait_ms), host=host, port=port,
+                log_level="warning", access_log=False)
 
 
 def run() -> None:  # pragma: no cover

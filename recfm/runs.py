@@ -11,25 +11,25 @@ A run directory holds:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import platform
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
-from recfm import __version__
+from recfm import __version__, distributed
 from recfm.baselines import MODELS
-from recfm.data.cache import atomic_write_json
+from recfm.data.cache import atomic_write_json, atomic_write_text
 from recfm.config import RunConfig, dump, read_yaml, resolve
 from recfm.data.registry import load_dataset
 from recfm.evaluation.protocol import Protocol, evaluate
 
 log = logging.getLogger("recfm.run")
+CHECKPOINTS = "checkpoints"
 
 
 class RunError(RuntimeError):
@@ -62,17 +62,29 @@ def train_run(
     overrides: tuple[str, ...] | list[str] = (),
     overwrite: bool = False,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    resume: bool = False,
 ) -> dict:
-    """Train ``model`` on ``dataset``, select on validation, score test once, write ``output``."""
+    """Train ``model`` on ``dataset``, select on validation, score test once, write ``output``.
+
+    Trainable models checkpoint into ``output/checkpoints/`` while they train; ``resume`` continues
+    an interrupted run from there (same resolved config required) and the folder is removed once
+    the run has finished."""
+    distributed.init()  # under torchrun / accelerate launch: every process runs this function
     entry = model_entry(model)
     run, model_cfg, layers = resolve(model, dataset, entry.config, config_file, overrides)
     output = Path(output)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise RunError(f"{output} already holds a run; pass --overwrite or choose another --output")
+    if resume:
+        _check_resumable(output, dump(run), entry)
+    elif output.exists() and any(output.iterdir()) and not overwrite:
+        raise RunError(f"{output} already holds a run; pass --overwrite, --resume (an interrupted run) "
+                       "or choose another --output")
     data = load_dataset(dataset, run.prep)  # before touching output: a bad dataset leaves no run folder
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "config.yaml").write_text(dump(run))
-    handler = _file_logger(output / "train.log")
+    distributed.barrier()  # every process has checked the folder before the first one writes into it
+    main = distributed.is_main()
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output / "config.yaml", dump(run))
+    handler = _file_logger(output / "train.log") if main else None
     try:
         log.info("recfm %s: training %s on %s (config layers: %s)", __version__, model, dataset, " < ".join(layers))
         torch.manual_seed(run.seed)
@@ -80,9 +92,12 @@ def train_run(
         log.info("%s: %s", data.name, data.stats())
         recommender = entry.model(model_cfg, data.n_items, **_catalog_kwargs(entry, data, dataset))
         start = time.perf_counter()
-        history = recommender.fit(split, run.protocol, log=log.info)
+        resumable = getattr(entry.model, "resumable", False)
+        checkpoint_kwargs = {"checkpoints": output / CHECKPOINTS, "resume": resume} if resumable else {}
+        history = recommender.fit(split, run.protocol, log=log.info, **checkpoint_kwargs)
         train_seconds = time.perf_counter() - start
-        recommender.save(output / entry.weights_dir)
+        if main:
+            recommender.save(output / entry.weights_dir)
         metrics = {
             "dataset": data.name,
             "model": model,
@@ -95,13 +110,29 @@ def train_run(
             "dataset_stats": data.stats(),
             "environment": _environment(),
         }
-        atomic_write_json(output / "metrics.json", metrics)
+        if main:
+            atomic_write_json(output / "metrics.json", metrics)
+            shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
+        distributed.barrier()
         log.info("valid %s", _short(metrics["valid"]))
         log.info("test  %s", _short(metrics["test"]))
         return metrics
     finally:
-        logging.getLogger("recfm").removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            logging.getLogger("recfm").removeHandler(handler)
+            handler.close()
+
+
+def _check_resumable(output: Path, config_text: str, entry) -> None:
+    if not getattr(entry.model, "resumable", False):
+        raise RunError(f"{entry.name} training cannot be resumed (it writes no checkpoints); start it again")
+    if not (output / "config.yaml").is_file():
+        raise RunError(f"nothing to resume in {output}: it holds no run (start it without --resume)")
+    if (output / "metrics.json").is_file():
+        raise RunError(f"{output} holds a finished run: nothing to resume")
+    if (output / "config.yaml").read_text() != config_text:
+        raise RunError(f"the resolved config differs from {output / 'config.yaml'}: resume with the same model, "
+                       "dataset, --config and overrides (or --config that file)")
 
 
 def _catalog_kwargs(entry, data, dataset: str) -> dict:
@@ -181,6 +212,7 @@ def _environment() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "processes": distributed.world_size(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -189,30 +221,24 @@ def recommend_items(run_dir: Path, history: list[str] | None = None, k: int = 10
                     exclude_history: bool = False) -> dict:
     """Top-k items of a trained run for a history of the dataset's item ids, or for a dataset user
     (their test-time history: every item but the held-out last one, shown as ``held_out``)."""
-    run, data, model = load_run(run_dir)
-    index = data.item_index()
+    from recfm.serve.service import RecommendationService, RequestError
+
+    service = RecommendationService.from_run(run_dir)
+    data = service.data
     held_out = None
-    if user is not None:
-        if user not in data.user_ids:
-            raise RunError(f"user {user!r} is not in {data.name} (e.g. {', '.join(data.user_ids[:3])})")
-        seq = data.sequence(data.user_ids.index(user)).tolist()
-        hist, held_out = seq[:-1], seq[-1]
-    else:
-        unknown = [h for h in history or [] if h not in index]
-        if unknown:
-            raise RunError(f"{len(unknown)} item ids are not in {data.name}: {unknown[:5]} "
-                           f"(item ids are the dataset's own, e.g. {', '.join(data.item_ids[:3])})")
-        hist = [index[h] for h in history or []]
-    if not hist:
-        raise RunError("the history is empty: give --history ITEM,ITEM,... or --user USER_ID")
-    top = model.recommend([hist], k, exclude=[set(hist)] if exclude_history else None)
-    ids = model.textual_ids() if hasattr(model, "textual_ids") else None
-
-    def describe(i: int) -> dict:
-        return {"item_id": data.item_ids[i - 1], "textual_id": ids[i] if ids else None, "title": data.item_titles[i - 1]}
-
-    recs = [{"rank": r + 1, **describe(int(i)), "score": round(float(s), 5)}
-            for r, (i, s) in enumerate(zip(top.items[0], top.scores[0])) if i > 0]
-    return {"run": str(run_dir), "model": run.model["name"], "dataset": data.name,
-            "history": [describe(i) for i in hist], "held_out": describe(held_out) if held_out else None,
+    try:
+        if user is not None:
+            if user not in data.user_ids:
+                raise RunError(f"user {user!r} is not in {data.name} (e.g. {', '.join(data.user_ids[:3])})")
+            seq = data.sequence(data.user_ids.index(user)).tolist()
+            hist, held_out = seq[:-1], seq[-1]
+            if not hist:
+                raise RunError(f"user {user!r} has a single item: no history to recommend from")
+        else:
+            hist = service.resolve(item_ids=history or [])
+        [recs] = service.recommend([hist], [service.check_k(k)], [exclude_history])
+    except RequestError as e:
+        raise RunError(str(e)) from None
+    return {"run": str(run_dir), "model": service.model_name, "dataset": data.name,
+            "history": [service.describe(i) for i in hist], "held_out": service.describe(held_out) if held_out else None,
             "recommendations": recs}

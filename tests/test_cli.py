@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from helpers import tiny_shop
 from typer.testing import CliRunner
 
 from recfm.cli import app
@@ -18,12 +19,7 @@ METRIC_KEYS = {"hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr"}
 def p5_folder(tmp_path, monkeypatch):
     """A tiny dataset in the P5/IDGenRec text format, as a user would point --dataset at it."""
     monkeypatch.setenv("RECFM_CACHE_DIR", str(tmp_path / "cache"))
-    folder = tmp_path / "tiny-shop"
-    folder.mkdir()
-    lines = [f"u{u} " + " ".join(f"i{(u + j) % 12}" for j in range(6)) for u in range(30)]
-    (folder / "user_sequence.txt").write_text("\n".join(lines) + "\n")
-    (folder / "item_initial_ids.txt").write_text("\n".join(f"i{i} red widget {i}" for i in range(12)) + "\n")
-    return folder
+    return tiny_shop(tmp_path / "tiny-shop")
 
 
 def invoke(*args):

@@ -195,6 +195,18 @@ def test_load_causal_lm_from_folder(tmp_path, lm_tokenizer):
     assert load_tokenizer(folder).pad_token == "</s>"
 
 
+def test_pickled_weights_are_never_loaded(tmp_path, lm_tokenizer):
+    """A folder whose weights exist only as a pickle (which can run code when unpickled) is refused."""
+    folder = tmp_path / "lm"
+    model = tiny_llama(lm_tokenizer)
+    model.save_pretrained(folder)
+    lm_tokenizer.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(ModelNotAvailableError, match="pytorch_model.bin: pickle files, which recfm never loads"):
+        load_causal_lm(folder)
+
+
 def test_unknown_paths_and_offline_hub_names_fail_clearly(tmp_path, monkeypatch):
     with pytest.raises(ModelNotAvailableError, match="no such file or folder"):
         load_causal_lm(tmp_path / "missing")

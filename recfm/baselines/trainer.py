@@ -19,6 +19,7 @@ that would overrun ``max_train_minutes``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -26,11 +27,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from recfm.checkpoint import (Checkpoint, CheckpointError, load_latest, load_optimizer_state, load_rng_state,
+                              optimizer_state, rng_state, save_checkpoint)
+from recfm import distributed
 from recfm.compute import training_context
 from recfm.data.split import LeaveOneOut
 from recfm.evaluation.protocol import Protocol, evaluate
@@ -63,6 +68,9 @@ class SequentialTrainConfig(BaseModel):
         True, description="batch windows of similar length together (less padding); batch order stays random"
     )
     show_progress: bool = Field(True, description="tqdm bar per epoch")
+    checkpoint_every: int = Field(
+        0, ge=0, description="also checkpoint every this many steps inside an epoch (0 = at epoch ends only)"
+    )
 
 
 class SequenceNet(nn.Module):
@@ -117,6 +125,29 @@ def full_softmax_cross_entropy(hidden: torch.Tensor, items: torch.Tensor, labels
     """Mean full-softmax cross-entropy; ``labels`` index rows of ``items``."""
     budget = 1 << 21 if hidden.device.type == "cpu" else 1 << 27  # logits per chunk
     return FullSoftmaxCrossEntropy.apply(hidden, items, labels, max(16, budget // max(items.shape[0], 1)))
+
+
+class NextItemLoss(nn.Module):
+    """The training forward pass as a module, so Accelerate can wrap it (DDP, FSDP).
+
+    Each process holds a shard of the global batch. Its loss is the sum of its cross-entropies
+    divided by the global number of targets, times the number of processes: after DDP averages
+    the gradients over processes they equal the gradient of the global batch's mean loss, so one
+    process and many take the same steps (up to float summation order)."""
+
+    def __init__(self, net: SequenceNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch: torch.Tensor, global_targets: float, world: int) -> tuple[torch.Tensor, float]:
+        if batch.shape[0] == 0:  # a shard of a batch smaller than the process count: join the gradient sync
+            return sum((p * 0).sum() for p in self.net.parameters()), 0.0
+        inputs, labels = batch[:, :-1], batch[:, 1:]
+        hidden = self.net.encode(inputs)
+        mask = labels > 0
+        n = int(mask.sum())
+        mean = full_softmax_cross_entropy(hidden[mask], self.net.item_embeddings()[1:], labels[mask] - 1)
+        return mean * (n * world / global_targets), mean.item() * n
 
 
 def training_windows(train: Sequence[np.ndarray], max_len: int) -> np.ndarray:
@@ -179,10 +210,38 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclasses.dataclass
+class FitState:
+    """Everything besides tensors that a resumed ``fit`` needs to continue exactly where it stopped."""
+
+    epoch: int = 1
+    step: int = 0  # batches of ``epoch`` already trained
+    epoch_rng: dict | None = None  # data-order RNG state at the start of ``epoch``
+    loss_sum: float = 0.0
+    targets: int = 0
+    epoch_seconds: float = 0.0
+    elapsed: float = 0.0
+    best_value: float = -math.inf
+    best_epoch: int = 0
+    best_valid: dict = dataclasses.field(default_factory=dict)
+    history: list = dataclasses.field(default_factory=list)
+    stopped: str | None = None
+
+    def next_epoch(self, rng_state: dict, elapsed: float) -> None:
+        self.epoch += 1
+        self.step, self.loss_sum, self.targets, self.epoch_seconds = 0, 0.0, 0, 0.0
+        self.epoch_rng, self.elapsed = rng_state, elapsed
+
+
+# Settings that may differ on resume without changing what is computed.
+_RESUME_FREE = {"show_progress", "num_threads", "device", "max_train_minutes", "checkpoint_every"}
+
+
 class SequentialRecommender(ScoringRecommender):
     """Fit / score / save / load for any :class:`SequenceNet`; subclasses write ``build_net``."""
 
     config_class: type[SequentialTrainConfig] = SequentialTrainConfig
+    resumable = True  # fit() takes checkpoints= and resume=
 
     def __init__(self, config: SequentialTrainConfig, n_items: int):
         self.config = config
@@ -202,6 +261,15 @@ class SequentialRecommender(ScoringRecommender):
     # -- the Recommender seam ------------------------------------------------------------
     @torch.no_grad()
     def score(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        return (self._encode_last(histories) @ self.net.item_embeddings().T).float().cpu()
+
+    @torch.no_grad()
+    def embed(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        """(batch, d) history representations: the hidden state after each history's last item,
+        the vector whose dot product with the item embeddings gives ``score``."""
+        return self._encode_last(histories).float().cpu().numpy()
+
+    def _encode_last(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
         was_training = self.net.training
         self.net.eval()
         torch.set_flush_denormal(True)
@@ -215,17 +283,21 @@ class SequentialRecommender(ScoringRecommender):
             seqs, last = pad_right([histories[i] for i in idx], self.config.max_len)
             out = self.net.encode(seqs.to(self.device))
             hidden[torch.from_numpy(idx).to(self.device)] = out[torch.arange(len(idx), device=self.device), last.to(self.device)]
-        scores = hidden @ self.net.item_embeddings().T
         self.net.train(was_training)
-        return scores.float().cpu()
+        return hidden
 
     # -- training ------------------------------------------------------------------------
-    def fit(self, split: LeaveOneOut, protocol: Protocol | None = None, log: Callable[[str], None] = print) -> dict:
+    def fit(self, split: LeaveOneOut, protocol: Protocol | None = None, log: Callable[[str], None] = print,
+            checkpoints: Path | None = None, resume: bool = False) -> dict:
+        """Train on ``split.train``; select on validation. With ``checkpoints`` a resumable checkpoint
+        is written after every epoch (and every ``checkpoint_every`` steps); ``resume`` continues from
+        the newest one there and reaches the same weights as an uninterrupted run."""
         protocol = protocol or Protocol()
         with training_context(self.config.num_threads, self.config.seed):
-            return self._fit(split, protocol, log)
+            return self._fit(split, protocol, log, Path(checkpoints) if checkpoints else None, resume)
 
-    def _fit(self, split: LeaveOneOut, protocol: Protocol, log: Callable[[str], None]) -> dict:
+    def _fit(self, split: LeaveOneOut, protocol: Protocol, log: Callable[[str], None], checkpoints: Path | None,
+             resume: bool) -> dict:
         cfg = self.config
         metric = protocol.selection_metric
         name = type(self).__name__
@@ -239,81 +311,136 @@ class SequentialRecommender(ScoringRecommender):
             f"{n_batches} steps/epoch, {sum(p.numel() for p in self.net.parameters())} parameters, "
             f"{torch.get_num_threads()} threads, device {self.device}"
         )
+        # One code path for one process and many: Accelerate wraps the loss module in DDP when launched
+        # with torchrun / accelerate launch, and leaves it as it is otherwise.
+        accelerator = Accelerator(cpu=self.device.type == "cpu")
+        if accelerator.num_processes > 1:
+            self.device = accelerator.device
+            self.net.to(self.device)
+            log(f"{name}: process {accelerator.process_index} of {accelerator.num_processes} "
+                f"({accelerator.distributed_type.value}); each takes 1/{accelerator.num_processes} of every batch")
+        step_module = accelerator.prepare_model(NextItemLoss(self.net))
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        rng = np.random.default_rng(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)  # data order: batches are drawn from it at each epoch start
         budget = cfg.max_train_minutes * 60 if cfg.max_train_minutes else math.inf
-
-        best_value, best_epoch, best_valid = -math.inf, 0, {}
+        fs = FitState(epoch_rng=rng.bit_generator.state)
         best_state = self._state_copy()
-        history: list[dict] = []
-        stopped = "max_epochs"
-        start = time.perf_counter()
-        epoch = 0
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            loss = self._train_epoch(windows, lengths, optimizer, rng, epoch)
+        if resume and checkpoints is not None:
+            found = load_latest(checkpoints)
+            if found is not None:
+                fs, best_state = self._restore(found, optimizer, rng)
+                log(f"{name}: resumed from the checkpoint at epoch {fs.epoch}, step {fs.step} of {n_batches}")
+
+        def save() -> None:
+            if checkpoints is not None and accelerator.is_main_process:
+                self._checkpoint(checkpoints, fs, optimizer, best_state, rng)
+            accelerator.wait_for_everyone()
+
+        start = time.perf_counter() - fs.elapsed
+        while fs.stopped is None:
+            epoch = fs.epoch
+            rng.bit_generator.state = fs.epoch_rng  # replays this epoch's data order after a resume
+            batches = epoch_batches(lengths, cfg.batch_size, rng, cfg.sort_by_length)
+            t0 = time.perf_counter() - fs.epoch_seconds
+            self._train_steps(step_module, accelerator, windows, lengths, batches, optimizer, fs, save, start)
+            loss = fs.loss_sum / max(fs.targets, 1)
             train_seconds = time.perf_counter() - t0
             row = {"epoch": epoch, "loss": round(loss, 5), "train_seconds": round(train_seconds, 2)}
             elapsed = time.perf_counter() - start
-            out_of_budget = epoch < cfg.epochs and elapsed + elapsed / epoch > budget
+            # summed over processes: clocks differ, and all must stop after the same epoch
+            out_of_budget = distributed.all_sum(float(epoch < cfg.epochs and elapsed + elapsed / epoch > budget))[0] > 0
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_budget:
                 valid = evaluate(self, split.valid, protocol)
                 row["valid"] = {k: round(v, 6) for k, v in valid.items() if k not in ("cases", "eval_seconds")}
                 row["valid_seconds"] = round(valid["eval_seconds"], 2)
-                if valid[metric] > best_value:
-                    best_value, best_epoch, best_valid = valid[metric], epoch, row["valid"]
+                if valid[metric] > fs.best_value:
+                    fs.best_value, fs.best_epoch, fs.best_valid = valid[metric], epoch, row["valid"]
                     best_state = self._state_copy()
-            history.append(row)
+            fs.history.append(row)
             elapsed = time.perf_counter() - start
             note = ""
             if "valid" in row:
                 v = row["valid"]
-                note = f" valid {metric} {valid[metric]:.5f} hr@10 {v.get('hr@10', math.nan):.5f} (best {best_value:.5f} @ {best_epoch})"
+                note = f" valid {metric} {valid[metric]:.5f} hr@10 {v.get('hr@10', math.nan):.5f} (best {fs.best_value:.5f} @ {fs.best_epoch})"
             log(f"{name} epoch {epoch}: loss {loss:.4f}{note} [{train_seconds:.1f}s train, {elapsed:.0f}s total]")
-            if "valid" in row and epoch - best_epoch >= cfg.patience:
-                stopped = "patience"
-                break
-            if out_of_budget:
-                stopped = "budget"
-                break
+            if "valid" in row and epoch - fs.best_epoch >= cfg.patience:
+                fs.stopped = "patience"
+            elif out_of_budget:
+                fs.stopped = "budget"
+            elif epoch == cfg.epochs:
+                fs.stopped = "max_epochs"
+            fs.next_epoch(rng.bit_generator.state, time.perf_counter() - start)
+            save()
+        epoch = fs.epoch - 1
         self.net.load_state_dict(best_state)
         self.net.eval()
         total = time.perf_counter() - start
-        log(f"{name}: stopped ({stopped}) after {epoch} epochs, {total:.0f}s; best epoch {best_epoch} valid {metric} {best_value:.5f}")
+        log(f"{name}: stopped ({fs.stopped}) after {epoch} epochs, {total:.0f}s; best epoch {fs.best_epoch} "
+            f"valid {metric} {fs.best_value:.5f}")
         return {
             "epochs": epoch,
-            "best_epoch": best_epoch,
-            "best_valid": best_valid,
-            "stopped": stopped,
+            "best_epoch": fs.best_epoch,
+            "best_valid": fs.best_valid,
+            "stopped": fs.stopped,
             "seconds": round(total, 1),
-            "seconds_per_epoch": round(float(np.mean([h["train_seconds"] for h in history])), 2),
-            "history": history,
+            "seconds_per_epoch": round(float(np.mean([h["train_seconds"] for h in fs.history])), 2),
+            "history": fs.history,
         }
 
-    def _train_epoch(self, windows: np.ndarray, lengths: np.ndarray, optimizer, rng, epoch: int) -> float:
+    def _train_steps(self, step_module: nn.Module, accelerator: Accelerator, windows: np.ndarray, lengths: np.ndarray,
+                     batches: list[np.ndarray], optimizer, fs: "FitState", save: Callable[[], None], start: float) -> None:
+        """The rest of the current epoch, from step ``fs.step``; a checkpoint every ``checkpoint_every`` steps."""
         cfg = self.config
+        world, me = accelerator.num_processes, accelerator.process_index
         self.net.train()
-        total_loss, total_targets = 0.0, 0
-        batches = epoch_batches(lengths, cfg.batch_size, rng, cfg.sort_by_length)
-        bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not cfg.show_progress, unit="step")
-        for idx in bar:
-            width = int(lengths[idx].max())
-            batch = torch.from_numpy(windows[idx, :width]).to(self.device)
-            inputs, labels = batch[:, :-1], batch[:, 1:]
-            hidden = self.net.encode(inputs)
-            mask = labels > 0
-            h = hidden[mask]  # only positions with a next item: no logits for padding
-            loss = full_softmax_cross_entropy(h, self.net.item_embeddings()[1:], labels[mask] - 1)
+        bar = tqdm(total=len(batches), initial=fs.step, desc=f"epoch {fs.epoch}", leave=False,
+                   disable=not cfg.show_progress or not accelerator.is_local_main_process, unit="step")
+        t0 = time.perf_counter() - fs.epoch_seconds
+        for idx in batches[fs.step:]:
+            global_targets = float((lengths[idx] - 1).sum())
+            mine = idx[me::world]  # every process drew the same batch: it trains on its slice
+            width = int(lengths[mine].max()) if len(mine) else 1
+            batch = torch.from_numpy(windows[mine, :width]).to(self.device)
+            loss, loss_sum = step_module(batch, global_targets, world)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            accelerator.backward(loss)
             optimizer.step()
-            n = int(mask.sum())
-            total_loss += loss.item() * n
-            total_targets += n
-            bar.set_postfix(loss=f"{total_loss / total_targets:.4f}", refresh=False)
+            [loss_sum] = distributed.all_sum(loss_sum)
+            fs.loss_sum += loss_sum
+            fs.targets += int(global_targets)
+            fs.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{fs.loss_sum / fs.targets:.4f}", refresh=False)
+            if cfg.checkpoint_every and fs.step % cfg.checkpoint_every == 0 and fs.step < len(batches):
+                fs.epoch_seconds = time.perf_counter() - t0
+                fs.elapsed = time.perf_counter() - start
+                self.net.eval()  # a checkpoint never changes the training mode the next step sees
+                save()
+                self.net.train()
         bar.close()
         self.net.eval()
-        return total_loss / max(total_targets, 1)
+
+    def _checkpoint(self, directory: Path, fs: "FitState", optimizer, best_state: dict, rng) -> None:
+        opt_tensors, opt_meta = optimizer_state(optimizer)
+        rng_tensors, _ = rng_state()
+        save_checkpoint(directory, f"epoch-{fs.epoch:04d}-step-{fs.step:06d}", Checkpoint(
+            tensors={"model": self.net.state_dict(), "best": best_state, "optimizer": opt_tensors, "rng": rng_tensors},
+            state={"fit": dataclasses.asdict(fs), "optimizer": opt_meta, "config": self.config.model_dump(mode="json")},
+        ))
+
+    def _restore(self, found: Checkpoint, optimizer, rng) -> tuple["FitState", dict]:
+        saved = found.state.get("config", {})
+        now = self.config.model_dump(mode="json")
+        changed = sorted(k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k])
+        if changed:
+            raise CheckpointError(f"the checkpoint was written with other settings ({', '.join(changed)}); "
+                                  "resume with the run's own config or start a new run")
+        self.net.load_state_dict(found.tensors["model"])
+        load_optimizer_state(optimizer, found.tensors["optimizer"], found.state["optimizer"])
+        load_rng_state(found.tensors["rng"], {"numpy": {}})
+        fs = FitState(**found.state["fit"])
+        rng.bit_generator.state = fs.epoch_rng
+        return fs, {k: v.to(self.device) for k, v in found.tensors["best"].items()}
 
     def _state_copy(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.net.state_dict().items()}

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from recfm import distributed
 from recfm.bench.metrics import click_metrics
 
 # LoRA target modules by architecture family, tried in order: the first family whose
@@ -138,9 +139,12 @@ def load_adapter(scorer, path: str | Path):
     """Apply adapters saved by :func:`finetune` (``output_dir``) to ``scorer``'s model, for scoring."""
     from peft import PeftModel
 
+    from recfm.models.loading import require_safetensors
+
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{path} holds no adapter_config.json (save adapters with finetune(..., output_dir))")
+    require_safetensors(path, "load_adapter")
     if isinstance(scorer.model, PeftModel):
         name = f"loaded_{len(scorer.model.peft_config)}"
         scorer.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
@@ -224,7 +228,9 @@ def finetune(
             return {n: p.detach().to("cpu", copy=True) for n, p in adapters}
 
         def evaluate(step: int) -> float:
-            scores = scorer.score(valid_h, valid_c)
+            # several processes: each scores its share of the pairs, gathered by index
+            scores = distributed.map_sharded(
+                lambda idx: scorer.score([valid_h[i] for i in idx], [valid_c[i] for i in idx]), len(y_valid))
             auc = click_metrics(valid_g, y_valid, scores)["auc"]
             history["eval_steps"].append(step)
             history["valid_auc"].append(auc)
@@ -246,6 +252,7 @@ def finetune(
         if config.eval_at_start:
             record(0)
         rng = np.random.default_rng(config.seed)
+        rank, world = distributed.rank(), distributed.world_size()
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=f"finetune ({scorer.paradigm})", unit="step", disable=not config.show_progress,
@@ -256,23 +263,30 @@ def finetune(
                 order = rng.permutation(len(y_train))
                 for start in range(0, len(order), config.batch_size):
                     rows = order[start : start + config.batch_size]
+                    mine = rows[rank::world]  # every process drew the same batch: it trains on its slice
                     model.train()
-                    h = [train_h[r] for r in rows]
-                    c = [train_c[r] for r in rows]
-                    target = torch.as_tensor(y_train[rows], device=params[0].device)
-                    if scorer.paradigm == "prompt":
-                        logits = scorer.logit_margin(scorer.encode(h, c))
-                    else:
-                        logits = config.cosine_scale * scorer.cosine(h, c) + bias
-                    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    local_sum = 0.0
+                    if len(mine):
+                        h = [train_h[r] for r in mine]
+                        c = [train_c[r] for r in mine]
+                        target = torch.as_tensor(y_train[mine], device=params[0].device)
+                        if scorer.paradigm == "prompt":
+                            logits = scorer.logit_margin(scorer.encode(h, c))
+                        else:
+                            logits = config.cosine_scale * scorer.cosine(h, c) + bias
+                        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+                        # this process's share of the batch mean: summed over processes it is the mean
+                        (loss * (len(mine) / len(rows))).backward()
+                        local_sum = float(loss.detach()) * len(mine)
+                    distributed.sum_gradients(params)
+                    [batch_sum] = distributed.all_sum(local_sum)
                     if config.max_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                     optimizer.step()
                     step += 1
                     history["steps"].append(step)
-                    history["losses"].append(float(loss.detach()))
+                    history["losses"].append(batch_sum / len(rows))
                     bar.update(1)
                     bar.set_postfix(loss=f"{history['losses'][-1]:.4f}", best_auc=f"{best_auc:.4f}", refresh=False)
                     if step % config.eval_every == 0:
@@ -284,6 +298,9 @@ def finetune(
                     if not stop and config.max_minutes is not None and minutes >= config.max_minutes:
                         history["stopped"] = f"time limit ({config.max_minutes} min)"
                         stop = True
+                    if world > 1 and distributed.all_sum(float(stop))[0] > 0:  # clocks differ: stop together
+                        stop = True
+                        history["stopped"] = history["stopped"] if history["stopped"] != "completed" else "time limit"
                     if stop or step >= total:
                         break
             if last_eval != step:
@@ -302,7 +319,7 @@ def finetune(
         history["bias"] = float(bias.detach())
     say(f"finetune done in {history['seconds']} s ({history['stopped']}): best valid AUC {best_auc:.4f} at step "
         f"{best_step}")
-    if output_dir is not None:
+    if output_dir is not None and distributed.is_main():
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(output_dir))

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recfm.bench.settings import DOMAINS, Plan, Setting, plans_for
 from recfm.bench.tasks import ClickTaskConfig, cached_pairs
+from recfm import distributed
 from recfm.data.cache import atomic_write_json
 
 log = logging.getLogger("recfm.bench")
@@ -126,11 +127,17 @@ class BenchRunner:
         return self.output / "adapters" / slug(m.name) / slug(plan.key)
 
     def run(self) -> list[dict]:
+        # Under torchrun / accelerate launch every process runs the same cells: fine-tuning splits each
+        # batch, scoring splits the pairs, and process 0 alone writes files.
+        distributed.init()
         cells = self.cells()
         todo = [c for c in cells if not self.cell_path(*c).is_file()]
+        distributed.barrier()  # every process has its to-do list before the first cell file appears
+        main = distributed.is_main()
         self.log(f"bench: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run -> {self.output}")
-        (self.output).mkdir(parents=True, exist_ok=True)
-        (self.output / "config.json").write_text(self.config.model_dump_json(indent=2))
+        if main:
+            (self.output).mkdir(parents=True, exist_ok=True)
+            (self.output / "config.json").write_text(self.config.model_dump_json(indent=2))
         # Cells sharing a model and a plan run together: one fine-tuning, one loaded model.
         todo.sort(key=lambda c: (self.config.models.index(c[0]), c[1].key, c[2]))
         current: tuple[str, str] | None = None
@@ -141,7 +148,8 @@ class BenchRunner:
                 current = (m.name, plan.key)
             t0 = time.perf_counter()
             pairs, hist, cand = self.texts(target, "test")
-            scores = scorer.score(hist, cand)
+            scores = distributed.map_sharded(
+                lambda idx: scorer.score([hist[i] for i in idx], [cand[i] for i in idx]), len(hist))
             from recfm.bench.metrics import click_metrics
 
             metrics = click_metrics(pairs.group, pairs.label, np.asarray(scores, dtype=np.float64))
@@ -156,9 +164,11 @@ class BenchRunner:
             done = self.adapter_dir(m, plan) / "done.json"
             if done.is_file():
                 record["finetune"] = json.loads(done.read_text())
-            atomic_write_json(self.cell_path(m, plan, target), record)
+            if main:
+                atomic_write_json(self.cell_path(m, plan, target), record)
             self.log(f"[{i}/{len(todo)}] {m.name} | {plan.key} -> {target}: AUC {metrics['auc']:.4f} "
                      f"GAUC {metrics['gauc']:.4f} MRR {metrics['mrr']:.4f} ({record['score_seconds']:.0f}s)")
+        distributed.barrier()
         return [json.loads(self.cell_path(*c).read_text()) for c in cells if self.cell_path(*c).is_file()]
 
     def _prepared_scorer(self, m: ModelSpec, plan: Plan):
@@ -192,7 +202,8 @@ class BenchRunner:
                 cfg, output_dir=adir, log=self.log,
             )
             histories.append({"stage": list(stage), **history})
-        atomic_write_json(adir / "done.json", {"plan": plan.key, "stages": histories})
+        if distributed.is_main():
+            atomic_write_json(adir / "done.json", {"plan": plan.key, "stages": histories})
         return scorer
 
 

@@ -145,12 +145,17 @@ class ClickPairs:
 
     @classmethod
     def load(cls, path: str | Path) -> "ClickPairs":
-        with np.load(Path(path), allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            version = meta.pop("format_version", None)
-            if version != PAIRS_FORMAT_VERSION:
-                raise ValueError(f"{path}: click-pairs format {version} != {PAIRS_FORMAT_VERSION}; rebuild the pairs")
-            return cls(*(z[a] for a in _ARRAYS), meta=meta)
+        try:
+            with np.load(Path(path), allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                version = meta.pop("format_version", None) if isinstance(meta, dict) else None
+                if version != PAIRS_FORMAT_VERSION:
+                    raise ValueError(f"{path}: click-pairs format {version} != {PAIRS_FORMAT_VERSION}; rebuild the pairs")
+                return cls(*(z[a] for a in _ARRAYS), meta=meta)
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001 - np.load raises many types (EOFError, BadZipFile, KeyError, ...)
+            raise ValueError(f"{path}: not a click-pairs file ({type(e).__name__}: {e}); delete it to rebuild") from None
 
 
 # -- seeding ------------------------------------------------------------------------------------

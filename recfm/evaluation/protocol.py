@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from recfm import distributed
 from recfm.data.split import EvalCases
 from recfm.evaluation.metrics import metrics_from_ranks, ranks_in_topk
 from recfm.recommender import Recommender
@@ -78,16 +79,20 @@ def evaluate(
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``cases``; ``progress(n)`` is called after each batch of n cases."""
     protocol = protocol or Protocol()
-    ranks = np.empty(len(cases), dtype=np.int64)
+    # Under several processes each scores its shard of the cases; the ranks are gathered by case.
+    mine = distributed.shard(len(cases))
+    local = cases if len(mine) == len(cases) else cases.subset(mine)
+    ranks = np.empty(len(local), dtype=np.int64)
     start = time.perf_counter()
-    for lo in range(0, len(cases), protocol.batch_size):
-        hi = min(lo + protocol.batch_size, len(cases))
-        histories = cases.histories[lo:hi]
+    for lo in range(0, len(local), protocol.batch_size):
+        hi = min(lo + protocol.batch_size, len(local))
+        histories = local.histories[lo:hi]
         exclude = [set(h.tolist()) for h in histories] if protocol.exclude_history else None
         top = model.recommend(histories, protocol.list_depth, exclude=exclude)
-        ranks[lo:hi] = ranks_in_topk(top.items, cases.targets[lo:hi])
+        ranks[lo:hi] = ranks_in_topk(top.items, local.targets[lo:hi])
         if progress is not None:
             progress(hi - lo)
+    ranks = distributed.gather_by_index(len(cases), mine, ranks)
     metrics = metrics_from_ranks(ranks, protocol.ks)
     metrics["cases"] = len(cases)
     metrics["eval_seconds"] = round(time.perf_counter() - start, 3)

@@ -80,11 +80,25 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
+def require_safetensors(folder: Path, what: str = "load") -> None:
+    """Local weights are read from safetensors only: a pickle file (``*.bin``, ``*.pt``) can run code
+    when loaded, so a folder holding weights in no other form is refused."""
+    folder = Path(folder)
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        found = f" (it holds {', '.join(pickles)}: pickle files, which recfm never loads)" if pickles else ""
+        raise ModelNotAvailableError(f"{what}: {folder} holds no .safetensors weights{found}; convert them with "
+                                     "save_pretrained(..., safe_serialization=True) in a trusted environment")
+
+
 def _from_pretrained(cls, name_or_path: str | Path, what: str, **kwargs):
     """``cls.from_pretrained`` on a local folder or a hub name, with an actionable error."""
     name = str(name_or_path)
     path = Path(name).expanduser()
     if path.exists():
+        if path.is_dir() and "Model" in cls.__name__:
+            require_safetensors(path, what)
+            kwargs["use_safetensors"] = True
         return cls.from_pretrained(str(path), **kwargs)
     if _looks_like_path(name):
         raise ModelNotAvailableError(f"{what}: no such file or folder: {path}")

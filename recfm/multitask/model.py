@@ -108,12 +108,20 @@ class MultiTaskModel:
         return ids.to(self.device), mask.to(self.device)
 
     # -- generative ------------------------------------------------------------------------
-    def generative_loss(self, records: Sequence[GenRecord]) -> torch.Tensor:
-        """Mean token cross-entropy of the targets (letter or response, then eos) given the prompts."""
+    def target_tokens(self, records: Sequence[GenRecord]) -> int:
+        """How many tokens ``generative_loss`` averages over for ``records`` (targets plus eos)."""
+        return sum(len(self._target(r)) for r in records)
+
+    def _target(self, record: GenRecord) -> list[int]:
+        return self.tokenizer.encode(target_text(record), add_special_tokens=False) + [self.eos_id]
+
+    def generative_loss(self, records: Sequence[GenRecord], reduction: str = "mean") -> torch.Tensor:
+        """Token cross-entropy of the targets (letter or response, then eos) given the prompts: the
+        mean, or with ``reduction="sum"`` the sum (a process's share of a batch split over processes)."""
         rows, labels = [], []
         for r in records:
             prompt = self._chat(r)
-            target = self.tokenizer.encode(target_text(r), add_special_tokens=False) + [self.eos_id]
+            target = self._target(r)
             rows.append(prompt + target)
             labels.append([-100] * len(prompt) + target)
         ids, mask = self._pad(rows, left=False)
@@ -123,7 +131,7 @@ class MultiTaskModel:
         with self.tmole.tasks(self.ids_of([r.task for r in records])), autocast_context(self.device, self.autocast):
             logits = self.model(input_ids=ids, attention_mask=mask).logits
         return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1),
-                               ignore_index=-100)
+                               ignore_index=-100, reduction=reduction)
 
     @torch.no_grad()
     def choose(self, records: Sequence[GenRecord], batch_size: int = 8) -> list[int]:

@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from recfm import distributed
 from recfm.multitask.records import EMB_TASKS, GEN_TASKS, SPLITS, MovieLensTasks, TaskConfig, read_records, write_records
 from recfm.multitask.trainer import MultiTaskConfig
 
@@ -83,9 +84,10 @@ def build_records(data: DataConfig, cache_root: Path) -> dict[str, dict[str, lis
     if not (folder / "done.json").is_file():
         log.info("building task records from MovieLens-1M and MovieLens-100K -> %s", folder)
         built = MovieLensTasks(_raw("movielens-1m"), _raw("movielens-100k"), TaskConfig(**data.build)).build(data.tasks)
-        counts = {t: {s: write_records(rs, folder / f"{t}.{s}.jsonl") for s, rs in splits.items()}
-                  for t, splits in built.items()}
-        (folder / "done.json").write_text(json.dumps(counts, indent=2))
+        if distributed.is_main():  # the other processes built the same records; one writes them
+            counts = {t: {s: write_records(rs, folder / f"{t}.{s}.jsonl") for s, rs in splits.items()}
+                      for t, splits in built.items()}
+            (folder / "done.json").write_text(json.dumps(counts, indent=2))
         return built
     return {t: {s: read_records(folder / f"{t}.{s}.jsonl") for s in SPLITS} for t in data.tasks}
 
@@ -181,11 +183,16 @@ def train_run(config: MultiTaskRunConfig, output: Path, records=None, model=None
     from recfm.multitask.model import load_multitask_model
     from recfm.multitask.trainer import task_specs, train_multitask
 
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    distributed.init()  # under torchrun / accelerate launch each process trains on its share of every batch
+    main = distributed.is_main()
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
     records = records if records is not None else build_records(config.data, output.parent)
     model = model or load_multitask_model(task_specs(records), config.train.model)
     history = train_multitask(records, config.train, model, output)
+    if not main:  # the weights are the same in every process; process 0 scores and writes
+        return {"steps": len(history["steps"]), "process": distributed.rank()}
     (output / "history.json").write_text(json.dumps(history))
     plot_sample_ratios(history, output / "sample_ratios.png")
     routing = model.tmole.routing().numpy()
@@ -229,10 +236,13 @@ def ablation(config: MultiTaskRunConfig, output: Path, variants: list[str] | Non
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    distributed.init()
+    main = distributed.is_main()  # under a launcher: all processes train each variant, process 0 scores
     results = {}
     zs = output / "zero-shot"
-    results["backbone (zero-shot)"] = (json.loads((zs / "metrics.json").read_text()) if (zs / "metrics.json").is_file()
-                                       else zero_shot(config, zs))
+    if main:
+        results["backbone (zero-shot)"] = (json.loads((zs / "metrics.json").read_text())
+                                           if (zs / "metrics.json").is_file() else zero_shot(config, zs))
     for name in names:
         run_dir = output / name.replace("/", "").replace(" & ", "-").replace(" ", "-")
         if (run_dir / "metrics.json").is_file():
@@ -241,6 +251,8 @@ def ablation(config: MultiTaskRunConfig, output: Path, variants: list[str] | Non
         variant = MultiTaskRunConfig.model_validate(deep_merge(config.model_dump(), {"train": VARIANTS[name]}))
         log.info("multitask ablation: %s", name)
         results[name] = train_run(variant, run_dir)
+    if not main:
+        return output / "table.md"
     table = ablation_table(results)
     (output / "table.md").write_text(table + "\n")
     return output / "table.md"

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from recfm import distributed
 from recfm.compute import training_context
 from recfm.multitask.merge import ties_merge
 from recfm.multitask.model import MultiTaskModel, MultiTaskModelConfig, TaskSpec
@@ -129,22 +130,23 @@ def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig
             for b, sched in scheds.items():
                 counts = sched.next_counts(step - 1, adaptive=config.scheduler == "s2sched")
                 batch[b] = [r for t, c in counts.items() for r in pools[t].take(c)]
-            gen_loss = model.generative_loss(batch["generative"]) if batch.get("generative") else torch.zeros(())
-            emb_loss = model.embedding_loss(batch["embedding"]) if len(batch.get("embedding", [])) > 1 else torch.zeros(())
-            loss = gen_loss + emb_loss
+            gen_loss, emb_loss = _losses(model, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (gen_loss + emb_loss).backward()
+            distributed.sum_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
+            gen_value, emb_value = distributed.all_sum(float(gen_loss.detach()), float(emb_loss.detach()))
             history["steps"].append(step)
-            history["loss"].append(float(loss.detach()))
-            history["gen_loss"].append(float(gen_loss.detach()))
-            history["emb_loss"].append(float(emb_loss.detach()))
+            history["loss"].append(gen_value + emb_value)
+            history["gen_loss"].append(gen_value)
+            history["emb_loss"].append(emb_value)
             bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", refresh=False)
             if step in keep_at:
                 snapshots.append(model.tmole.state_dict())
                 history["checkpoint_steps"].append(step)
-            if config.max_minutes is not None and (time.perf_counter() - t0) / 60 >= config.max_minutes:
+            out_of_time = config.max_minutes is not None and (time.perf_counter() - t0) / 60 >= config.max_minutes
+            if distributed.all_sum(float(out_of_time))[0] > 0:  # clocks differ between processes: stop together
                 history["stopped"] = f"time limit ({config.max_minutes} min) at step {step}"
                 break
         bar.close()
@@ -159,9 +161,27 @@ def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig
         model.tmole.load_state_dict(merged)
         history["merged"] = {"checkpoints": history["checkpoint_steps"], "density": config.merge_density}
         say(f"merged {len(snapshots)} checkpoints (steps {history['checkpoint_steps']}) with TIES")
-    if output_dir is not None:
+    if output_dir is not None and distributed.is_main():
         save_adapter(model, Path(output_dir))
     return history
+
+
+def _losses(model: MultiTaskModel, batch: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's share of the step's two losses; summed over processes they are the batch's.
+
+    Generative records are dealt out across processes (``[rank::world]``); each returns its token
+    cross-entropy sum over the global token count, so the sum is the batch's token mean. The
+    embedding batch is not split: InfoNCE takes its negatives from the whole batch, so every
+    process computes the whole loss and contributes 1/world of it. In one process both are the
+    plain losses."""
+    rank, world = distributed.rank(), distributed.world_size()
+    gen = batch.get("generative", [])
+    mine = gen[rank::world]
+    [tokens] = distributed.all_sum(model.target_tokens(mine) if mine else 0)
+    gen_loss = model.generative_loss(mine, reduction="sum") / tokens if mine else torch.zeros(())
+    emb = batch.get("embedding", [])
+    emb_loss = model.embedding_loss(emb) / world if len(emb) > 1 else torch.zeros(())
+    return gen_loss, emb_loss
 
 
 def save_adapter(model: MultiTaskModel, directory: Path) -> None:

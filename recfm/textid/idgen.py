@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterable, Literal, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from recfm import distributed
 from recfm.textid.diverse_beam import diverse_beam_search
 
 log = logging.getLogger("recfm.textid")
@@ -234,7 +235,11 @@ def assign_unique_ids(
     for step, (penalty, lo, hi) in enumerate(schedule):
         if not pending:
             break
-        cands = _check_candidates(candidate_fn([texts[i] for i in pending], penalty, lo, hi), len(pending))
+        # Generation is the cost: several processes each generate for their share of the pending items,
+        # then every process makes the same claims in item order from the gathered candidates.
+        cands = distributed.map_sharded_list(
+            lambda idx: _check_candidates(candidate_fn([texts[pending[j]] for j in idx], penalty, lo, hi), len(idx)),
+            len(pending))
         stats.rounds += 1
         stats.generated += len(pending)
         still = []

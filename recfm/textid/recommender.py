@@ -161,6 +161,12 @@ class TextIDRecommender:
             out["labels"] = labels
         return out
 
+    def label_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many target tokens ``loss`` averages over (a decoder-only model predicts each from the
+        position before it, so its first label position has no prediction)."""
+        labels = batch["labels"] if self.is_seq2seq else batch["labels"][:, 1:]
+        return int(labels.ne(-100).sum())
+
     def loss(self, batch: dict[str, torch.Tensor], soft_ids: Callable | None = None) -> torch.Tensor:
         """Mean token cross-entropy of the target IDs. ``soft_ids(rows, slots, offsets)`` (optional)
         returns embeddings ``[n, d]`` for the ID positions (``slot >= 0``, row-major), replacing their

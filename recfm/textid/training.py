@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from recfm import distributed
 from recfm.compute import training_context
 from recfm.data.split import LeaveOneOut
 from recfm.evaluation.protocol import Protocol, evaluate
@@ -55,6 +56,7 @@ class TextIDConfig(BaseModel):
                           "LM path / hub name, or an offline alias such as smollm2-135m-instruct")
     t5: dict[str, Any] = Field(default_factory=dict, description="T5Config overrides for t5-* backbones")
     generator: str = Field("tiny", description="size of the T5 ID generator (tiny|mini|small), built on the shared tokenizer")
+    generator_dropout: float | None = Field(None, ge=0, lt=1, description="the generator's dropout (None = its size's default)")
     vocab_size: int = Field(8000, ge=64, description="catalog tokenizer size (t5-* backbones)")
     lora_r: int = Field(0, ge=0, description=">0: train LoRA adapters of this rank (peft) instead of all weights")
     lora_alpha: int = Field(32, ge=1)
@@ -266,7 +268,8 @@ class TextIDModel:
         model, tok = load_backbone(cfg.backbone, [t.lower() for t in self.catalog.texts], cfg, extra_texts=ids0)
         from recfm.models import build_seq2seq
 
-        self.generator = IDGenerator(build_seq2seq(cfg.generator, tok, seed=cfg.seed + 1), tok)
+        dropout = {} if cfg.generator_dropout is None else {"dropout_rate": cfg.generator_dropout}
+        self.generator = IDGenerator(build_seq2seq(cfg.generator, tok, seed=cfg.seed + 1, **dropout), tok)
         check_shared_vocabulary(self.generator, model, tok)
         builder = PromptBuilder(tok, with_user=cfg.prompt_ids != "item", with_items=cfg.prompt_ids != "user",
                                 max_tokens=cfg.max_prompt_tokens)
@@ -371,6 +374,7 @@ class TextIDModel:
 
         cfg = self.config
         model = self.rec.model
+        trainable = [p for p in model.parameters() if p.requires_grad]
         since_best = 0
         for epoch in range(1, cfg.rec_epochs + 1):
             t0 = time.perf_counter()
@@ -379,22 +383,26 @@ class TextIDModel:
             total, count = 0.0, 0
             bar = tqdm(batches, desc=f"round {r} epoch {epoch}", unit="batch", mininterval=5)
             for rows in bar:
-                hist, targets = _histories(instances, rows, train)
-                templates = rng.integers(0, len(TEMPLATES), size=len(rows)).tolist()
-                loss = self.rec.loss(self.rec.batch(self.rec.prompts(hist, templates), targets))
+                templates = rng.integers(0, len(TEMPLATES), size=len(rows))  # drawn for the whole batch
+
+                def batch_of(mine: np.ndarray, shard: slice) -> dict:
+                    hist, targets = _histories(instances, mine, train)
+                    return self.rec.batch(self.rec.prompts(hist, templates[shard].tolist()), targets)
+
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = _sharded_backward(self.rec, rows, batch_of)
+                distributed.sum_gradients(trainable)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
-                total += float(loss.detach()) * len(rows)
+                total += loss * len(rows)
                 count += len(rows)
-                if time.perf_counter() - start > budget:
+                if distributed.all_sum(float(time.perf_counter() - start > budget))[0] > 0:
                     break
             bar.close()
             model.eval()
             row = {"round": r, "epoch": epoch, "loss": round(total / max(count, 1), 5),
                    "train_seconds": round(time.perf_counter() - t0, 1)}
-            over = time.perf_counter() - start > budget
+            over = distributed.all_sum(float(time.perf_counter() - start > budget))[0] > 0  # every process agrees
             if epoch % cfg.eval_every == 0 or epoch == cfg.rec_epochs or over:
                 before = best["value"]
                 self._select(r, epoch, valid, protocol, best, history, log_fn, row)
@@ -444,17 +452,19 @@ class TextIDModel:
                 total, count = 0.0, 0
                 for rows in tqdm(instance_batches(pool, train, cfg.batch_size, rng, cfg.max_history),
                                  desc=f"generator epoch {epoch + 1}", unit="batch", mininterval=5):
-                    hist, targets = _histories(pool, rows, train)
-                    windows = [rec.window(h) for h in hist]
-                    templates = rng.integers(0, len(TEMPLATES), size=len(rows)).tolist()
-                    batch = rec.batch(rec.prompts(hist, templates), targets)
-                    soft = _soft_id_fn(gen, rec, windows, self.catalog.texts, table)
-                    loss = rec.loss(batch, soft_ids=soft)
+                    templates = rng.integers(0, len(TEMPLATES), size=len(rows))
+
+                    def batch_of(mine: np.ndarray, shard: slice) -> tuple[dict, Callable]:
+                        hist, targets = _histories(pool, mine, train)
+                        soft = _soft_id_fn(gen, rec, [rec.window(h) for h in hist], self.catalog.texts, table)
+                        return rec.batch(rec.prompts(hist, templates[shard].tolist()), targets), soft
+
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    loss = _sharded_backward(rec, rows, batch_of)
+                    distributed.sum_gradients(list(gen.model.parameters()))
                     torch.nn.utils.clip_grad_norm_(gen.model.parameters(), 1.0)
                     opt.step()
-                    total += float(loss.detach()) * len(rows)
+                    total += loss * len(rows)
                     count += len(rows)
                 losses.append(total / max(count, 1))
                 log_fn(f"generator epoch {epoch + 1}: recommendation loss through soft IDs {losses[-1]:.4f}")
@@ -520,6 +530,30 @@ class TextIDModel:
         other.rec = rec
         other.report = {"zero_shot_assign": stats.as_dict()}
         return other
+
+
+def _sharded_backward(rec: TextIDRecommender, rows: np.ndarray, batch_of: Callable) -> float:
+    """Backward of this process's share of a batch; returns the batch's mean token loss.
+
+    Every process drew the same ``rows``; it takes ``rows[rank::world]`` (``batch_of(mine, shard)``
+    builds its teacher-forcing batch, optionally with a soft-ID function) and weights its mean token
+    loss by its share of the batch's target tokens, so the gradients summed over processes are the
+    whole batch's. In one process the weight is 1 and this is ``loss.backward()``."""
+    rank, world = distributed.rank(), distributed.world_size()
+    shard = slice(rank, None, world)
+    mine = rows[shard]
+    local_tokens, local_sum = 0, 0.0
+    if len(mine):
+        built = batch_of(mine, shard)
+        batch, soft = built if isinstance(built, tuple) else (built, None)
+        local_tokens = rec.label_tokens(batch)
+        loss = rec.loss(batch, soft_ids=soft)
+    [tokens] = distributed.all_sum(local_tokens)
+    if len(mine):
+        (loss * (local_tokens / tokens)).backward()
+        local_sum = float(loss.detach()) * local_tokens
+    [loss_sum] = distributed.all_sum(local_sum)
+    return loss_sum / max(tokens, 1)
 
 
 def _soft_id_fn(gen: IDGenerator, rec: TextIDRecommender, windows: list[list[int]], texts: Sequence[str],

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from recfm.bench import runner as runner_mod
 from recfm.bench.report import transfer_rows, write_reports
 from recfm.bench.runner import BenchConfig, BenchRunner, ModelSpec
 from recfm.bench.settings import plans_for

@@ -120,7 +120,7 @@ def test_mind_test_split_unlabeled_impressions(tmp_path, write_file):
 @pytest.mark.parametrize(
     "line, expected",
     [
-        (f"9\tU1\t2019-11-11 09:05:58\tN1\tN2-1", r"behaviors\.tsv:3: expected a time like '11/15/2019 8:55:22 AM'"),
+        ("9\tU1\t2019-11-11 09:05:58\tN1\tN2-1", r"behaviors\.tsv:3: expected a time like '11/15/2019 8:55:22 AM'"),
         (f"9\tU1\t{T1}\tN1\tN2-2 N3-0", r"behaviors\.tsv:3: expected impressions 'NEWSID-1'"),
         (f"9\tU1\t{T1}\tN1", r"behaviors\.tsv:3: expected impressions"),  # 4 fields: no impressions
         (f"9\t\t{T1}\tN1\tN2-1", r"behaviors\.tsv:3: expected a user id"),

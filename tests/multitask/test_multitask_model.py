@@ -14,7 +14,7 @@ from recfm.multitask.model import LETTERS, MultiTaskModel, MultiTaskModelConfig,
 from recfm.multitask.records import EMBED_TOKEN, GenRecord, MovieLensTasks, TaskConfig
 from recfm.multitask.s2sched import S2SchedConfig
 from recfm.multitask.tmole import TMoLEConfig
-from recfm.multitask.trainer import MultiTaskConfig, load_adapter, save_adapter, task_specs, train_multitask
+from recfm.multitask.trainer import MultiTaskConfig, load_adapter, task_specs, train_multitask
 
 TASKS = ["seqrec", "sentiment", "matching", "user2item", "query2item"]
 
@@ -135,3 +135,16 @@ def test_an_added_embed_token_gets_the_mean_row_every_time(records):
     assert weight.shape[0] == len(a.tokenizer) and EMBED_TOKEN in a.tokenizer.get_vocab()
     torch.testing.assert_close(weight[-1], weight[:-1].mean(0))
     torch.testing.assert_close(b.model.get_input_embeddings().weight, weight)
+
+
+def test_training_under_two_processes_matches_one():
+    """The same 8 steps alone and as two gloo processes (torchrun): generative records are split between
+    the processes, the embedding batch is shared; per-step losses and the merged adapter agree to 1e-4."""
+    from pathlib import Path
+
+    from helpers import one_and_two_processes
+
+    runs = one_and_two_processes(Path(__file__).with_name("ddp_train_script.py"))
+    for key in ("gen_loss", "emb_loss"):
+        np.testing.assert_allclose(runs[2][key], runs[1][key], rtol=1e-4, atol=1e-6)
+    assert runs[2]["weights"] == pytest.approx(runs[1]["weights"], rel=1e-4)

@@ -1,0 +1,157 @@
+"""Load test of `recfm serve` on loopback: p50/p99 latency and requests/s at several concurrencies.
+
+    python benchmarks/serve_load.py                                  # trains the tiny SASRec run if absent
+    python benchmarks/serve_load.py --run runs/demo-check/textid     # any finished run (textid: beam search)
+
+For each run: starts `recfm serve` in its own process, warms it up, then for each concurrency
+level C runs C clients that send `POST /recommend` back to back (real user histories of the
+run's dataset, k=10, exclude_history) until ``--requests`` answers or ``--seconds`` have passed
+(bounded in count and time). Client and server share this machine's cores, so the figures are a
+lower bound for a server with the machine to itself. Writes runs/serve/load.json and the
+'serve-load' section of docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import ROOT, write_section  # noqa: E402
+
+TINY_RUN = ROOT / "runs" / "serve" / "sasrec-ml100k"
+TINY_TRAIN = ["sasrec", "-d", "movielens-100k", "-o", str(TINY_RUN), "epochs=5", "max_len=50", "hidden_size=32",
+              "num_layers=1", "show_progress=false"]
+TARGET = "p99 < 200 ms and >= 50 requests/s at 20 clients (issue 6, tiny CPU preset)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def histories(run: Path, n: int = 500, max_len: int = 20) -> list[list[str]]:
+    """Real histories of the run's dataset users (their last items before validation/test)."""
+    from recfm.config import RunConfig, read_yaml
+    from recfm.data.registry import load_dataset
+
+    cfg = RunConfig.model_validate(read_yaml(run / "config.yaml"))
+    data = load_dataset(cfg.dataset, cfg.prep)
+    rng = np.random.default_rng(0)
+    users = rng.choice(data.n_users, size=min(n, data.n_users), replace=False)
+    out = []
+    for u in users:
+        seq = data.sequence(int(u))[:-2][-max_len:]
+        if len(seq):
+            out.append([data.item_ids[i - 1] for i in seq])
+    return out
+
+
+async def level(url: str, bodies: list[dict], clients: int, max_requests: int, max_seconds: float) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + max_seconds
+    counter = iter(range(max_requests))
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal errors
+        for i in counter:
+            if time.perf_counter() > stop_at:
+                return
+            t0 = time.perf_counter()
+            r = await http.post(url, json=bodies[i % len(bodies)])
+            latencies.append(time.perf_counter() - t0)
+            errors += r.status_code != 200
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    ms = np.array(latencies) * 1000
+    return {"clients": clients, "requests": len(ms), "errors": errors, "seconds": round(wall, 2),
+            "rps": round(len(ms) / wall, 1), "p50_ms": round(float(np.percentile(ms, 50)), 1),
+            "p99_ms": round(float(np.percentile(ms, 99)), 1)}
+
+
+def load_test(run: Path, levels: list[int], max_requests: int, max_seconds: float, threads: int | None) -> dict:
+    port = free_port()
+    cmd = [sys.executable, "-m", "recfm.cli", "--quiet", "serve", "--run", str(run), "--port", str(port)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    server = subprocess.Popen(cmd, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                health = httpx.get(f"{base}/health", timeout=2).json()
+                break
+            except httpx.TransportError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise SystemExit(f"server for {run} did not start")
+                time.sleep(0.5)
+        bodies = [{"history": h, "k": 10, "exclude_history": True} for h in histories(run)]
+        asyncio.run(level(f"{base}/recommend", bodies, 4, 40, 30))  # warm-up
+        rows = []
+        for c in levels:
+            row = asyncio.run(level(f"{base}/recommend", bodies, c, max_requests, max_seconds))
+            rows.append(row)
+            print(f"{run.name}: {row}", flush=True)
+        after = httpx.get(f"{base}/health").json()
+        return {"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "model": health["model"],
+                "dataset": health["dataset"], "n_items": health["n_items"], "levels": rows,
+                "mean_batch": round(after["batched_requests"] / max(after["batches"], 1), 1)}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, nargs="+", default=[TINY_RUN])
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 8, 20, 32])
+    ap.add_argument("--requests", type=int, default=1000, help="answers per concurrency level at most")
+    ap.add_argument("--seconds", type=float, default=30, help="seconds per concurrency level at most")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the server")
+    args = ap.parse_args()
+    if TINY_RUN in args.run and not (TINY_RUN / "metrics.json").is_file():
+        subprocess.run([sys.executable, "-m", "recfm.cli", "--quiet", "train", *TINY_TRAIN, "--overwrite"], cwd=ROOT,
+                       check=True)
+    results = [load_test(r.resolve(), args.levels, args.requests, args.seconds, args.threads) for r in args.run]
+    out = ROOT / "runs" / "serve" / "load.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+
+    command = " ".join(["python benchmarks/serve_load.py", *sys.argv[1:]])
+    lines = [f"Command: `{command}`  ",
+             f"Run {dt.date.today().isoformat()}; {platform.machine()}, {os.cpu_count()} cores, CPU only; server "
+             f"(`recfm serve`, micro-batching up to 32 requests / 5 ms) and the httpx clients on the same machine, "
+             f"loopback. Each level: at most {args.requests} requests or {args.seconds:.0f} s. Target: {TARGET}.",
+             "", "| run | model | dataset (items) | clients | requests | errors | req/s | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for row in r["levels"]:
+            lines.append(f"| {r['run']} | {r['model']} | {r['dataset']} ({r['n_items']}) | {row['clients']} | "
+                         f"{row['requests']} | {row['errors']} | {row['rps']} | {row['p50_ms']} | {row['p99_ms']} |")
+    lines.append("")
+    lines.append("Mean requests per model call (micro-batching): "
+                 + ", ".join(f"{r['model']} {r['mean_batch']}" for r in results) + ".")
+    write_section("serve-load", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Many processes, one code path: launch any `recfm train` under ``torchrun`` or ``accelerate launch``.
+
+The process group is set up by Hugging Face Accelerate (``PartialState``) from the launcher's
+environment (gloo on CPU, NCCL on GPUs); in a plain single process every helper here is a no-op,
+so no caller branches on the number of processes.
+
+    torchrun --nproc_per_node 2 -m recfm.cli train sasrec -d movielens-1m -o runs/ddp
+    accelerate launch --multi_gpu --num_processes 8 -m recfm.cli train sasrec ...
+
+Evaluation shards the cases across processes by index and gathers (index, rank) pairs, so no
+case is counted twice and none is padded in: metrics are those of one process scoring all.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def launched() -> bool:
+    """True when a launcher (torchrun, accelerate launch, mpirun) started several processes."""
+    keys = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+    return any(int(os.environ.get(k, "1")) > 1 for k in keys)
+
+
+def init() -> None:
+    """Join the process group the launcher describes (no-op in a single process)."""
+    if launched() and not dist.is_initialized():
+        from accelerate import PartialState
+
+        # cpu=True is what makes Accelerate use gloo across CPU processes; without it a CPU-only
+        # machine reports a single process to Accelerate while torch.distributed is set up.
+        PartialState(cpu=not torch.cuda.is_available())
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def local_threads() -> int:
+    """CPU threads for this process: the cores shared by the processes of this machine."""
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (os.cpu_count() or 1) // per_machine)
+
+
+def shard(n: int) -> np.ndarray:
+    """Indices 0..n-1 this process handles (strided, so every process gets a similar mix)."""
+    return np.arange(rank(), n, world_size())
+
+
+def all_sum(*values: float) -> list[float]:
+    """Sums over processes of a few scalars (float64, so counts stay exact)."""
+    if world_size() == 1:
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _gather(n: int, index: np.ndarray, values) -> list[tuple[np.ndarray, Any]]:
+    """Every process's (index, values), checked to cover 0..n-1 exactly once."""
+    parts: list[Any] = [None] * world_size()
+    dist.all_gather_object(parts, (np.asarray(index), values))
+    seen = np.zeros(n, dtype=np.int64)
+    for idx, _ in parts:
+        np.add.at(seen, idx, 1)
+    if (seen > 1).any():
+        raise RuntimeError("two processes scored the same case")
+    if (seen == 0).any():
+        raise RuntimeError(f"{int((seen == 0).sum())} cases were scored by no process")
+    return parts
+
+
+def gather_by_index(n: int, index: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The full length-``n`` array from each process's ``values`` at its ``index``."""
+    if world_size() == 1:
+        out = np.empty(n, dtype=values.dtype)
+        out[index] = values
+        return out
+    parts = _gather(n, index, values)
+    out = np.empty(n, dtype=next(v.dtype for idx, v in parts if len(idx)) if n else values.dtype)
+    for idx, vals in parts:
+        out[idx] = vals
+    return out
+
+
+def map_sharded_list(fn, n: int) -> list:
+    """Like :func:`map_sharded` for Python objects: ``fn(indices)`` returns one object per index."""
+    mine = shard(n)
+    values = list(fn(mine)) if len(mine) else []
+    if world_size() == 1:
+        return values
+    out: list = [None] * n
+    for idx, vals in _gather(n, mine, values):
+        for i, v in zip(idx.tolist(), vals):
+            out[i] = v
+    return out
+
+
+def map_sharded(fn, n: int) -> np.ndarray:
+    """``fn(indices)`` over this process's share of ``0..n-1``, gathered into the full length-n array."""
+    mine = shard(n)
+    values = np.asarray(fn(mine)) if len(mine) else np.empty(0)
+    return gather_by_index(n, mine, values)
+
+
+def sum_gradients(params: list[torch.Tensor]) -> None:
+    """Sum the gradients of ``params`` over processes (one all-reduce of their concatenation).
+
+    For training loops that are not a module Accelerate can wrap (peft models scored through
+    custom methods): each process scales its loss by its share of the global batch, so the sum
+    is the global batch's gradient, as DDP's average is with an unscaled loss."""
+    if world_size() == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(g).to(g.dtype)
+        offset += n

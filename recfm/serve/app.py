@@ -1,0 +1,142 @@
+"""The HTTP API of a trained run (FastAPI). ``recfm serve --run DIR`` starts it with uvicorn.
+
+    POST /recommend  {"history": ["1193", "661"], "k": 10, "exclude_history": true}
+                     {"titles": ["Toy Story (1995)"], "k": 5}
+    POST /embed      {"history": [...]} or {"titles": [...]}   (models with embeddings)
+    GET  /health     model, dataset, catalog size, batching counters
+    GET  /docs, /openapi.json
+
+Request checks (item ids, titles, sizes) run in the request handler, before batching, so a bad
+request is answered 4xx on its own and never fails the batch it would have joined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from recfm import __version__
+from recfm.serve.batching import MicroBatcher
+from recfm.serve.service import RecommendationService, RequestError
+
+log = logging.getLogger("recfm.serve")
+MAX_BODY_BYTES = 1 << 20
+
+
+def _id_text(value):
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+ItemId = Annotated[str, BeforeValidator(_id_text)]  # MovieLens ids are numbers; clients send them either way
+
+
+class HistoryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    history: list[ItemId] | None = Field(
+        None, description="the user's items, oldest first, as the dataset's item ids (numbers are read as ids)")
+    titles: list[str] | None = Field(None, description="or the items as free-text titles, matched to the catalog")
+
+
+class RecommendRequest(HistoryRequest):
+    k: int = Field(10, description="number of items to return")
+    exclude_history: bool = Field(True, description="never recommend an item of the history")
+
+
+class RecommendedItem(BaseModel):
+    rank: int
+    item_id: str
+    textual_id: str | None
+    title: str
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    model: str
+    history: list[str] = Field(description="the history as resolved item ids")
+    items: list[RecommendedItem]
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    dim: int
+    embedding: list[float]
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message})
+
+
+def create_app(service: RecommendationService, max_batch: int = 32, max_wait_ms: float = 5.0) -> FastAPI:
+    def run_batch(requests: list[tuple[list[int], int, bool]]) -> list[list[dict]]:
+        histories, ks, excludes = zip(*requests)
+        return service.recommend(histories, ks, excludes)
+
+    batcher = MicroBatcher(run_batch, max_batch=max_batch, max_wait_ms=max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title=f"recfm: {service.model_name} on {service.data.name}", version=__version__, lifespan=lifespan,
+                  description="Top-K recommendations of a trained recfm run.")
+    app.state.service = service
+    app.state.batcher = batcher
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, e: RequestError):
+        return _error(e.status, str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, e: RequestValidationError):
+        errors = e.errors()
+        if any(err.get("type") == "json_invalid" for err in errors):
+            return _error(400, "the body is not valid JSON: " + "; ".join(str(err.get("ctx", {}).get("error", ""))
+                                                                          for err in errors))
+        parts = [f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'body'}: {err.get('msg')}"
+                 for err in errors]
+        return _error(422, "; ".join(parts))
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, e: Exception):
+        log.exception("request failed")
+        return _error(500, f"internal error: {type(e).__name__}: {e}")
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", **service.info(), "batches": batcher.batches, "batched_requests": batcher.requests}
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    async def recommend(body: RecommendRequest) -> dict:
+        history = service.resolve(body.history, body.titles)
+        k = service.check_k(body.k)
+        items = await batcher.submit((history, k, body.exclude_history))
+        return {"model": service.model_name, "history": [service.data.item_ids[i - 1] for i in history], "items": items}
+
+    @app.post("/embed", response_model=EmbedResponse)
+    async def embed(body: HistoryRequest) -> dict:
+        if not service.can_embed:
+            service.embed([])  # raises the 501 with its message
+        history = service.resolve(body.history, body.titles)
+        # on the model's own thread: the model is never called from two threads at once
+        vectors = await asyncio.get_running_loop().run_in_executor(batcher.executor, service.embed, [history])
+        vector = vectors[0]
+        return {"model": service.model_name, "dim": len(vector), "embedding": vector.tolist()}
+
+    return app

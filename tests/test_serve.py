@@ -1,0 +1,184 @@
+"""`recfm serve`: the HTTP API of a trained run, its request checks and its micro-batching."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from helpers import free_port, tiny_shop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recfm.runs import train_run
+from recfm.serve import Limits, RecommendationService, create_app
+from recfm.serve.service import TitleIndex, normalize_title
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    os.environ["RECFM_CACHE_DIR"] = str(root / "cache")
+    folder = tiny_shop(root / "tiny-shop")
+    common = ["prep.user_core=2", "prep.item_core=0"]
+    train_run("sasrec", str(folder), root / "sasrec", overrides=[*common, "epochs=2", "hidden_size=16", "num_layers=1",
+                                                                 "show_progress=false", "batch_size=8"])
+    train_run("pop", str(folder), root / "pop", overrides=common)
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(runs):
+    service = RecommendationService.from_run(runs / "sasrec", Limits(max_history=8, max_k=20))
+    with TestClient(create_app(service, max_batch=16, max_wait_ms=20)) as c:
+        yield c
+
+
+def test_health_describes_the_run(client):
+    r = client.get("/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["model"] == "sasrec" and body["n_items"] == 12 and body["embeddings"]
+
+
+def test_recommend_by_ids_and_by_titles_agree_and_exclude_history(client):
+    by_id = client.post("/recommend", json={"history": ["i1", "i2", "i3"], "k": 5})
+    assert by_id.status_code == 200, by_id.text
+    items = by_id.json()["items"]
+    assert [x["rank"] for x in items] == [1, 2, 3, 4, 5]
+    assert not {"i1", "i2", "i3"} & {x["item_id"] for x in items}  # exclude_history defaults to true
+    assert all(x["title"].startswith("red widget") for x in items)
+    assert all(a["score"] >= b["score"] for a, b in zip(items, items[1:]))
+    by_title = client.post("/recommend", json={"titles": ["Red Widget 1", "red-widget 2", "red widgit 3"], "k": 5})
+    assert by_title.status_code == 200, by_title.text
+    assert by_title.json()["history"] == ["i1", "i2", "i3"] and by_title.json()["items"] == items
+    kept = client.post("/recommend", json={"history": ["i1"], "k": 12, "exclude_history": False}).json()["items"]
+    assert len(kept) == 12 and "i1" in {x["item_id"] for x in kept}
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"history": ["nope"]}, 422, "not in"),
+    ({"history": []}, 422, "empty"),
+    ({"history": [f"i{i % 12}" for i in range(9)]}, 413, "at most 8"),
+    ({"history": ["i1"], "titles": ["red widget 1"]}, 422, "exactly one"),
+    ({}, 422, "exactly one"),
+    ({"titles": ["a blue gizmo"]}, 422, "match no item"),
+    ({"history": ["i1"], "k": 0}, 422, "k must be"),
+    ({"history": ["i1"], "k": 21}, 422, "k must be"),
+    ({"history": ["i1"], "k": "ten"}, 422, "k:"),
+    ({"history": "i1"}, 422, "history"),
+    ({"history": ["i1"], "user": "u1"}, 422, "user"),
+])
+def test_bad_requests_get_clear_4xx(client, body, status, words):
+    r = client.post("/recommend", json=body)
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]
+
+
+def test_malformed_json_and_oversized_bodies(client):
+    r = client.post("/recommend", content=b'{"history": ["i1",', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    r = client.post("/recommend", content=b"x" * (1 << 21), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert client.get("/health").status_code == 200
+
+
+def test_concurrent_requests_share_model_calls_and_match_single_answers(client):
+    histories = [[f"i{(u + j) % 12}" for j in range(1 + u % 5)] for u in range(24)]
+    alone = [client.post("/recommend", json={"history": h, "k": 3 + u % 2}).json() for u, h in enumerate(histories)]
+    before = client.get("/health").json()
+    with ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(lambda uh: client.post("/recommend", json={"history": uh[1], "k": 3 + uh[0] % 2}).json(),
+                                 enumerate(histories)))
+    after = client.get("/health").json()
+    assert together == alone
+    assert after["batched_requests"] - before["batched_requests"] == 24
+    assert after["batches"] - before["batches"] < 24  # some requests were answered by a shared call
+
+
+def test_embed_is_the_vector_behind_the_scores(client, runs):
+    r = client.post("/embed", json={"history": ["i4", "i5"]})
+    assert r.status_code == 200, r.text
+    vector = np.array(r.json()["embedding"])
+    service = RecommendationService.from_run(runs / "sasrec")
+    scores = vector @ service.model.net.item_embeddings().detach().numpy().T
+    expected = service.model.score([[5, 6]])[0].numpy()  # i4, i5 are items 5 and 6 (i0 is item 1)
+    np.testing.assert_allclose(scores[1:], expected[1:], rtol=1e-4, atol=1e-4)
+
+
+def test_embed_on_a_model_without_embeddings_is_501(runs):
+    with TestClient(create_app(RecommendationService.from_run(runs / "pop"))) as c:
+        r = c.post("/embed", json={"history": ["i1"]})
+        assert r.status_code == 501 and "no embeddings" in r.json()["error"]
+        assert c.post("/recommend", json={"history": ["i1"], "k": 2}).status_code == 200
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_subnormal=False) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                           max_leaves=12)
+bodies = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"history": st.lists(st.sampled_from(["i1", "i2", "x", ""]) | st.integers(), max_size=10)},
+                          optional={"k": json_values, "exclude_history": json_values, "titles": json_values}),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=bodies, path=st.sampled_from(["/recommend", "/embed"]))
+def test_no_json_body_crashes_the_server(client, body, path):
+    r = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+    assert r.status_code in (200, 400, 413, 422), (body, r.text)
+    assert "error" in r.json() or r.status_code == 200
+
+
+@settings(max_examples=60, deadline=None)
+@given(title=st.text(max_size=30))
+def test_title_matching_never_fails_on_any_text(title):
+    index = TitleIndex(["Toy Story (1995)", "GoldenEye (1995)", "Heat (1995)"])
+    item, close = index.match(title)
+    assert item is None or 1 <= item <= 3
+    assert index.match("toy  STORY 1995")[0] == 1 and normalize_title("Café, Noir!") == "cafe noir"
+
+
+def test_recfm_serve_command_answers_over_http(runs):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "recfm.cli", "--quiet", "serve", "--run", str(runs / "sasrec"),
+                             "--port", str(port), "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ})
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.time() < deadline, "server did not start within 60 s"
+            time.sleep(0.2)
+        r = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"history": ["i1", "i2"], "k": 3})
+        assert r.status_code == 200 and len(r.json()["items"]) == 3
+        assert "/recommend" in httpx.get(f"http://127.0.0.1:{port}/openapi.json").json()["paths"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_numeric_item_ids_are_read_as_ids(runs):
+    folder = runs / "numeric"
+    folder.mkdir()
+    (folder / "user_sequence.txt").write_text("\n".join(f"u{u} " + " ".join(str((u + j) % 9 + 1) for j in range(5))
+                                                        for u in range(20)) + "\n")
+    train_run("pop", str(folder), runs / "pop-numeric", overrides=["prep.user_core=2", "prep.item_core=0"])
+    with TestClient(create_app(RecommendationService.from_run(runs / "pop-numeric"))) as c:
+        as_numbers = c.post("/recommend", json={"history": [1, 2], "k": 3})
+        assert as_numbers.status_code == 200, as_numbers.text
+        assert as_numbers.json() == c.post("/recommend", json={"history": ["1", "2"], "k": 3}).json()
+        assert c.post("/recommend", json={"history": [True]}).status_code == 422
