@@ -112,6 +112,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, (key, title) in zip(axes, panels):
         ax.plot(x, [r[key] for r in rows], marker="o")
         ax.set_xscale("log")
+        ax.set_ylim(bottom=0)  # a flat curve must look flat
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("catalog items")
         ax.grid(alpha=0.3)
@@ -146,7 +147,7 @@ def main() -> None:
     plot(rows, ROOT / "docs" / "figures" / "perf-scaling.png")
     cols = ["items", "trie_build_s", "trie_nodes", "decode_users_per_s", "train_windows_per_s", "eval_users_per_s",
             "peak_rss_mb"]
-    lines = [f"Command: `python benchmarks/perf_suite.py --sizes {' '.join(map(str, args.sizes))}`  ",
+    lines = [f"Command: `{' '.join(['python benchmarks/perf_suite.py', *sys.argv[1:]])}`  ",
              f"Run {dt.date.today().isoformat()}; {platform.machine()}, {os.cpu_count()} cores, {args.threads} torch "
              f"threads, CPU only; synthetic catalogs (one process per size). Decoding: untrained tiny T5, beam 10, "
              f"{DECODE_USERS} users; SASRec: default size, {USERS} users x {SEQ_LEN} items, full softmax and full "

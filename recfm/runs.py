@@ -75,13 +75,19 @@ def train_run(
     output = Path(output)
     if resume:
         _check_resumable(output, dump(run), entry)
-    elif output.exists() and any(output.iterdir()) and not overwrite:
-        raise RunError(f"{output} already holds a run; pass --overwrite, --resume (an interrupted run) "
-                       "or choose another --output")
+    elif output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise RunError(f"{output} already holds a run; pass --overwrite, --resume (an interrupted run) "
+                           "or choose another --output")
+        if not (output / "config.yaml").is_file():
+            raise RunError(f"{output} is not a run directory (no config.yaml): --overwrite only replaces runs; "
+                           "choose another --output")
     data = load_dataset(dataset, run.prep)  # before touching output: a bad dataset leaves no run folder
     distributed.barrier()  # every process has checked the folder before the first one writes into it
     main = distributed.is_main()
     if main:
+        if overwrite and not resume and output.exists():
+            shutil.rmtree(output)  # no stale metrics.json or weights of the old run beside the new one
         output.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output / "config.yaml", dump(run))
     handler = _file_logger(output / "train.log") if main else None

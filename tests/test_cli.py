@@ -110,3 +110,17 @@ def test_real_movielens_100k_pop_through_cli(tmp_path, monkeypatch):
     assert metrics["test"]["cases"] == 943
     # Pop on ML-100K without excluding history: a sane, non-trivial level (RecBole, history excluded: 0.0152)
     assert 0.005 < metrics["test"]["ndcg@10"] < 0.05
+
+
+def test_overwrite_replaces_a_run_and_never_deletes_other_folders(p5_folder, tmp_path):
+    run = tmp_path / "run"
+    assert invoke("train", "pop", "-d", p5_folder, "-o", run, "prep.user_core=2").exit_code == 0
+    (run / "stale.txt").write_text("from the old run")
+    assert invoke("train", "pop", "-d", p5_folder, "-o", run, "prep.user_core=2", "--overwrite").exit_code == 0
+    assert not (run / "stale.txt").exists() and (run / "metrics.json").is_file()
+    other = tmp_path / "my-notes"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    result = invoke("train", "pop", "-d", p5_folder, "-o", other, "--overwrite")
+    assert result.exit_code == 2 and "not a run directory" in result.output
+    assert (other / "notes.txt").read_text() == "keep me"

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from recfm import __version__
-from recfm.serve.batching import MicroBatcher
+from recfm.serve.batching import MAX_BATCH, MAX_WAIT_MS, MicroBatcher
 from recfm.serve.service import RecommendationService, RequestError
 
 log = logging.getLogger("recfm.serve")
@@ -74,7 +74,7 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
-def create_app(service: RecommendationService, max_batch: int = 32, max_wait_ms: float = 5.0) -> FastAPI:
+def create_app(service: RecommendationService, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS) -> FastAPI:
     def run_batch(requests: list[tuple[list[int], int, bool]]) -> list[list[dict]]:
         histories, ks, excludes = zip(*requests)
         return service.recommend(histories, ks, excludes)

@@ -15,8 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 
+MAX_BATCH, MAX_WAIT_MS = 32, 5.0  # defaults of `recfm serve`
+
+
 class MicroBatcher:
-    def __init__(self, handler: Callable[[Sequence[Any]], Sequence[Any]], max_batch: int = 32, max_wait_ms: float = 5.0):
+    def __init__(self, handler: Callable[[Sequence[Any]], Sequence[Any]], max_batch: int = MAX_BATCH,
+                 max_wait_ms: float = MAX_WAIT_MS):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.handler = handler
