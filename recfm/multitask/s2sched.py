@@ -7,7 +7,7 @@ InfoNCE and cross-entropy, live on different scales). Each step after the warmup
   least squares over the last ``window`` (L) measurements, x = the training step;
 - eq. (3) gamma_inter_i = -softmax_i(K * alpha_i / sum_j |alpha_j|), K = number of tasks;
 - eq. (4) gamma_intra_i = softmax_i(-L * alpha_i(t) / sum_{s in the last L steps} |alpha_i(s)|);
-- eq. (5) beta = min(t * softmax_t(-tau * t * m(t) / sum_{k<=t} |m(k)|), 1), m(k) = max_i alpha_i(k):
+- eq. (5) beta = min(t * softmax_t(-tau * t * max_i alpha_i(t) / sum_{k<=t} max_i |alpha_i(k)|), 1):
   the softmax runs over the history k = 1..t of the scheduled steps and beta reads its last entry
   (t * softmax = 1 when every step looks alike, so beta = 1 means "balanced");
 - eq. (6) omega_i = softmax_i(-beta * gamma_inter_i + (1 - beta) * gamma_intra_i);
@@ -77,11 +77,12 @@ def intra_task_rate(alpha_history: np.ndarray) -> np.ndarray:
     return _softmax(-len(h) * _safe_ratio(h[-1], np.abs(h).sum(0)))
 
 
-def balancing_weight(max_alpha_history: np.ndarray, temperature: float) -> float:
-    """Eq. (5) from m(1..t) = max_i alpha_i(k) of every scheduled step so far (the newest last)."""
-    m = np.asarray(max_alpha_history, dtype=np.float64)
-    t = len(m)
-    logits = -temperature * t * _safe_ratio(m, np.abs(m).sum())
+def balancing_weight(alpha_history: np.ndarray, temperature: float) -> float:
+    """Eq. (5) from ``alpha_history`` [t, K], alpha(k) of every scheduled step so far (the newest last):
+    min(t * softmax_k(-tau * t * max_i alpha_i(k) / sum_k max_i |alpha_i(k)|)[t], 1)."""
+    h = np.atleast_2d(np.asarray(alpha_history, dtype=np.float64))
+    t = len(h)
+    logits = -temperature * t * _safe_ratio(h.max(1), np.abs(h).max(1).sum())
     return float(min(t * _softmax(logits)[-1], 1.0))
 
 
@@ -156,7 +157,7 @@ class S2Sched:
         recent = np.array(self.alphas[-self.config.window :])
         gamma_inter = inter_task_rate(recent[-1])
         gamma_intra = intra_task_rate(recent)
-        beta = balancing_weight(np.array([a.max() for a in self.alphas]), self.config.temperature)
+        beta = balancing_weight(np.array(self.alphas), self.config.temperature)
         return sample_ratio(gamma_inter, gamma_intra, beta), beta
 
     def next_counts(self, step: int, adaptive: bool = True) -> dict[str, int]:

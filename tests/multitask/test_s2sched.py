@@ -42,13 +42,20 @@ def test_eq4_intra_task_rate():
 
 
 def test_eq5_balancing_weight():
-    # tau = 1, m = [-0.3, -0.1]: logits = -1 * 2 * m / 0.4 = [1.5, 0.5]; beta = 2 * e^0.5 / (e^1.5 + e^0.5)
-    assert balancing_weight(np.array([-0.3, -0.1]), 1.0) == pytest.approx(2 / (1 + math.e))
+    # one task per step: max_i alpha = max_i |alpha| up to sign. tau = 1, alpha = [[-0.3], [-0.1]]:
+    # logits = -1 * 2 * [-0.3, -0.1] / 0.4 = [1.5, 0.5]; beta = 2 * e^0.5 / (e^1.5 + e^0.5)
+    assert balancing_weight(np.array([[-0.3], [-0.1]]), 1.0) == pytest.approx(2 / (1 + math.e))
     # the newest max-slope turned positive: beta collapses (tau = 10, logits [15, 7.5, -7.5])
-    assert balancing_weight(np.array([-0.2, -0.1, 0.1]), 10.0) == pytest.approx(
+    assert balancing_weight(np.array([[-0.2], [-0.1], [0.1]]), 10.0) == pytest.approx(
         3 * math.exp(-7.5) / (math.exp(15) + math.exp(7.5) + math.exp(-7.5)))
-    assert balancing_weight(np.array([-0.1, -0.1]), 10.0) == 1.0  # every step alike: t * (1/t) = 1
-    assert balancing_weight(np.array([-0.1, -0.3]), 10.0) == 1.0  # capped by the min
+    # two tasks: the numerator takes max_i alpha_i(t), the denominator sums max_i |alpha_i(k)|:
+    # m = [-0.3, 0.05], max|alpha| = [0.5, 0.1] (not |m| = [0.3, 0.05]); tau = 1, t = 2:
+    # logits = -2 * [-0.3, 0.05] / 0.6 = [1, -1/6]; beta = 2 * e^(-1/6) / (e^1 + e^(-1/6))
+    got = balancing_weight(np.array([[-0.3, -0.5], [0.05, -0.1]]), 1.0)
+    assert got == pytest.approx(2 * math.exp(-1 / 6) / (math.e + math.exp(-1 / 6)), rel=1e-12)
+    assert got == pytest.approx(0.4749160567, rel=1e-8)
+    assert balancing_weight(np.array([[-0.1, -0.2], [-0.1, -0.3]]), 10.0) == 1.0  # every step alike: t * (1/t) = 1
+    assert balancing_weight(np.array([[-0.1], [-0.3]]), 10.0) == 1.0  # capped by the min
 
 
 def test_eq6_sample_ratio():
@@ -78,7 +85,7 @@ def test_scheduler_warmup_then_equations_and_log():
                                                 regression_slope([1, 2, 3], [1.0, 1.0, 0.9])])
     counts = sched.next_counts(3)
     alpha = sched.alphas[-1]
-    beta = balancing_weight(np.array([alpha.max()]), 10.0)  # the first scheduled step: t * 1/t = 1
+    beta = balancing_weight(alpha[None], 10.0)  # the first scheduled step: t * 1/t = 1
     assert beta == 1.0 and sched.log[-1]["beta"] == 1.0
     omega = sample_ratio(inter_task_rate(alpha), intra_task_rate(alpha[None]), beta)
     rec = sched.log[-1]
