@@ -277,7 +277,8 @@ class SequentialRecommender(ScoringRecommender):
         # the padding of long ones; results do not depend on the grouping.
         lengths = np.array([min(len(h), self.config.max_len) for h in histories], dtype=np.int64)
         order = np.argsort(lengths, kind="stable")
-        hidden = torch.empty(len(histories), self.net.item_embeddings().shape[1], device=self.device)
+        table = self.net.item_embeddings()
+        hidden = torch.empty(len(histories), table.shape[1], dtype=table.dtype, device=self.device)
         for lo in range(0, len(order), SCORE_GROUP):
             idx = order[lo : lo + SCORE_GROUP]
             seqs, last = pad_right([histories[i] for i in idx], self.config.max_len)
