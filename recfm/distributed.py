@@ -13,6 +13,7 @@ case is counted twice and none is padded in: metrics are those of one process sc
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -35,6 +36,14 @@ def init() -> None:
         # cpu=True is what makes Accelerate use gloo across CPU processes; without it a CPU-only
         # machine reports a single process to Accelerate while torch.distributed is set up.
         PartialState(cpu=not torch.cuda.is_available())
+        # A gloo group left to the interpreter's teardown can abort the process at exit
+        # ("terminate called without an active exception") after all the work is done.
+        atexit.register(_leave)
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank() -> int:
