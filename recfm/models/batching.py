@@ -38,3 +38,19 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[to
         ids[row, cols] = torch.as_tensor(seq, dtype=torch.long)
         mask[row, cols] = 1
     return ids, mask
+
+
+def length_groups(lengths: Sequence[int], slack: float = 1.25) -> list[list[int]]:
+    """Indices grouped by similar length (sorted; a group's longest is at most ``slack`` times its
+    shortest), so a batch of one long and several short sequences is not padded to the long one:
+    padded SmolLM2 forward passes cost as much as their padding (a 475-token record batched with
+    three 150-token ones took 2.5x the time of the two groups apart, on CPU)."""
+    if slack < 1:
+        raise ValueError(f"slack must be >= 1, got {slack}")
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if groups and lengths[i] <= slack * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from recfm.models.batching import autocast_context, autocast_dtype, pad_batch
+from recfm.models.batching import autocast_context, autocast_dtype, length_groups, pad_batch
 from recfm.models.embedding import mean_pool
 from recfm.multitask.records import EMBED_TOKEN, EmbRecord, GenRecord
 from recfm.multitask.tmole import TMoLE, TMoLEConfig, attach_tmole
@@ -117,21 +117,28 @@ class MultiTaskModel:
 
     def generative_loss(self, records: Sequence[GenRecord], reduction: str = "mean") -> torch.Tensor:
         """Token cross-entropy of the targets (letter or response, then eos) given the prompts: the
-        mean, or with ``reduction="sum"`` the sum (a process's share of a batch split over processes)."""
+        mean, or with ``reduction="sum"`` the sum (a process's share of a batch split over processes).
+        Records run in groups of similar length (``length_groups``): same loss, less padding."""
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
         rows, labels = [], []
         for r in records:
             prompt = self._chat(r)
             target = self._target(r)
             rows.append(prompt + target)
             labels.append([-100] * len(prompt) + target)
-        ids, mask = self._pad(rows, left=False)
-        lab = torch.full_like(ids, -100)
-        for i, lb in enumerate(labels):
-            lab[i, : len(lb)] = torch.tensor(lb)
-        with self.tmole.tasks(self.ids_of([r.task for r in records])), autocast_context(self.device, self.autocast):
-            logits = self.model(input_ids=ids, attention_mask=mask).logits
-        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1),
-                               ignore_index=-100, reduction=reduction)
+        total = torch.zeros((), device=self.device)
+        for group in length_groups([len(row) for row in rows]):
+            ids, mask = self._pad([rows[i] for i in group], left=False)
+            lab = torch.full_like(ids, -100)
+            for row, i in enumerate(group):
+                lab[row, : len(labels[i])] = torch.tensor(labels[i])
+            with self.tmole.tasks(self.ids_of([records[i].task for i in group])), \
+                    autocast_context(self.device, self.autocast):
+                logits = self.model(input_ids=ids, attention_mask=mask).logits
+            total = total + F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1),
+                                            ignore_index=-100, reduction="sum")
+        return total if reduction == "sum" else total / sum(len(lb) - lb.count(-100) for lb in labels)
 
     @torch.no_grad()
     def choose(self, records: Sequence[GenRecord], batch_size: int = 8) -> list[int]:

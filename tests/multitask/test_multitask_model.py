@@ -53,6 +53,45 @@ def tiny_model(records, adapter="tmole", with_embed=True) -> MultiTaskModel:
     return MultiTaskModel(lm, tok, task_specs(records), cfg)
 
 
+def test_length_groups_bound_the_padding():
+    from recfm.models.batching import length_groups
+
+    assert length_groups([475, 150, 130, 480, 160]) == [[2, 1, 4], [0, 3]]  # 160 <= 1.25 * 130, 475 > 1.25 * 130
+    assert length_groups([10, 10, 10], slack=1.0) == [[0, 1, 2]]
+    assert length_groups([]) == []
+    with pytest.raises(ValueError):
+        length_groups([1], slack=0.5)
+
+
+def test_grouped_generative_loss_equals_one_padded_batch(records):
+    """Records of very different lengths: the loss over length groups is the token mean of one
+    right-padded batch (the model in float64; the loss is taken in float32, hence 1e-6)."""
+    import torch.nn.functional as F
+
+    model = tiny_model(records)
+    model.model.double()
+    model.tmole.state.double()  # the task-embedding table lives beside the model
+    for layer in model.tmole.layers.values():
+        layer.lora_B.data.normal_(0, 0.1)  # non-zero adapters, so the routed experts take part
+    gen = records["seqrec"]["train"][:2] + records["sentiment"]["train"][:2] + records["matching"]["train"][:2]
+    lengths = [len(model._chat(r)) for r in gen]
+    assert max(lengths) > 1.25 * min(lengths)  # more than one group
+    rows = [model._chat(r) + model._target(r) for r in gen]
+    ids, mask = model._pad(rows, left=False)
+    labels = torch.full_like(ids, -100)
+    for i, r in enumerate(gen):
+        p, t = len(model._chat(r)), model._target(r)
+        labels[i, p : p + len(t)] = torch.tensor(t)
+    with torch.no_grad(), model.tmole.tasks(model.ids_of([r.task for r in gen])):
+        logits = model.model(input_ids=ids, attention_mask=mask).logits
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+    with torch.no_grad():
+        got = model.generative_loss(gen)
+        total = model.generative_loss(gen, reduction="sum")
+    assert float(got) == pytest.approx(float(expected), rel=1e-6)
+    assert float(total) == pytest.approx(float(expected) * model.target_tokens(gen), rel=1e-6)
+
+
 def test_prompt_letters_and_targets(records):
     r = records["seqrec"]["train"][0]
     text = option_prompt(r)
