@@ -31,6 +31,10 @@ def runs(tmp_path_factory):
     train_run("sasrec", str(folder), root / "sasrec", overrides=[*common, "epochs=2", "hidden_size=16", "num_layers=1",
                                                                  "show_progress=false", "batch_size=8"])
     train_run("pop", str(folder), root / "pop", overrides=common)
+    train_run("textid", str(folder), root / "textid", overrides=[
+        *common, "backbone=t5-tiny", "vocab_size=200", "t5={dropout_rate: 0.0}", "rec_epochs=1", "warm_start_epochs=1",
+        "batch_size=16", "num_beams=4", "num_threads=1", "initial_ids={kind: extractive}", "strategy=rec_only",
+        "rounds=1"])
     return root
 
 
@@ -90,17 +94,49 @@ def test_malformed_json_and_oversized_bodies(client):
     assert client.get("/health").status_code == 200
 
 
-def test_concurrent_requests_share_model_calls_and_match_single_answers(client):
-    histories = [[f"i{(u + j) % 12}" for j in range(1 + u % 5)] for u in range(24)]
-    alone = [client.post("/recommend", json={"history": h, "k": 3 + u % 2}).json() for u, h in enumerate(histories)]
+def same_answers(a: list[dict], b: list[dict], tol: float = 1e-4) -> bool:
+    """Equal item lists; scores equal up to float32 rounding (batched matmuls sum in another order)."""
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        items_x, items_y = x["items"], y["items"]
+        if {**x, "items": None} != {**y, "items": None} or [i["item_id"] for i in items_x] != [i["item_id"] for i in items_y]:
+            return False
+        if any(abs(i["score"] - j["score"]) > tol or {**i, "score": 0} != {**j, "score": 0} for i, j in zip(items_x, items_y)):
+            return False
+    return True
+
+
+def concurrent_matches_alone(client, histories, exclude=True) -> None:
+    def ask(u):
+        return client.post("/recommend", json={"history": histories[u], "k": 3 + u % 2, "exclude_history": exclude}).json()
+
+    alone = [ask(u) for u in range(len(histories))]
     before = client.get("/health").json()
     with ThreadPoolExecutor(12) as pool:
-        together = list(pool.map(lambda uh: client.post("/recommend", json={"history": uh[1], "k": 3 + uh[0] % 2}).json(),
-                                 enumerate(histories)))
+        together = list(pool.map(ask, range(len(histories))))
     after = client.get("/health").json()
-    assert together == alone
-    assert after["batched_requests"] - before["batched_requests"] == 24
-    assert after["batches"] - before["batches"] < 24  # some requests were answered by a shared call
+    assert same_answers(together, alone), (together, alone)
+    assert after["batched_requests"] - before["batched_requests"] == len(histories)
+    assert after["batches"] - before["batches"] < len(histories)  # some requests were answered by a shared call
+
+
+def test_concurrent_requests_share_model_calls_and_match_single_answers(client):
+    concurrent_matches_alone(client, [[f"i{(u + j) % 12}" for j in range(1 + u % 5)] for u in range(24)])
+
+
+def test_textid_answers_do_not_depend_on_the_requests_batched_with_them(runs):
+    """Beam search over textual IDs with histories of very different lengths excluded: every
+    batched answer is the one the request gets alone (exclusion happens inside the search, so the
+    beam width does not grow with the longest history of the batch)."""
+    service = RecommendationService.from_run(runs / "textid", Limits(max_history=12, max_k=20))
+    assert service.textual_ids is not None
+    with TestClient(create_app(service, max_batch=16, max_wait_ms=50)) as c:
+        histories = [[f"i{(u + j) % 12}" for j in range(1 + (u * 5) % 11)] for u in range(16)]
+        concurrent_matches_alone(c, histories)
+        answer = c.post("/recommend", json={"history": histories[3], "k": 4}).json()["items"]
+        assert len(answer) == 4 and not {x["item_id"] for x in answer} & set(histories[3])
+        assert all(x["textual_id"] for x in answer)
 
 
 def test_embed_is_the_vector_behind_the_scores(client, runs):

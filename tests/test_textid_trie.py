@@ -17,6 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import recfm.textid.constrained as constrained_mod  # noqa: E402
 from recfm.models import build_seq2seq, train_tokenizer  # noqa: E402
+from recfm.textid.trie import DEAD as DEAD_STATE  # noqa: E402
 from recfm.textid import (  # noqa: E402
     DictTrie,
     DuplicateItemIDError,
@@ -348,7 +349,7 @@ def test_constrained_topk_matches_prefix_allowed_tokens_fn(backbone, catalog, re
 
 
 @pytest.mark.parametrize("backbone", ["t5", "llama"])
-def test_wider_beams_encoded_batch_and_exclude(backbone, catalog, request):
+def test_wider_beams_and_encoded_batch(backbone, catalog, request):
     model = request.getfixturevalue(backbone)
     tok, trie = catalog
     enc_dec = model.config.is_encoder_decoder
@@ -358,15 +359,76 @@ def test_wider_beams_encoded_batch_and_exclude(backbone, catalog, request):
     items, scores = constrained_topk(model, tok, trie, enc, k, num_beams=12)
     expected = reference_topk(model, tok, trie, prompts, k, beams=12)
     assert items.tolist() == [[i for i, _ in row] for row in expected]
-    # exclude: the beam grows by the number of excluded items, which are then dropped
-    exclude = [set(items[b, :2].tolist()) | {0, 10_000} for b in range(len(prompts))]  # unknown ids are ignored
-    ex_items, ex_scores = constrained_topk(model, tok, trie, enc, k, exclude=exclude)
-    wide = reference_topk(model, tok, trie, prompts, k + 2, beams=k + 2)
+
+
+def test_exclusion_edges_block_the_highest_fully_excluded_nodes():
+    # items 1: [5, 6], 2: [5, 7], 3: [8], 4: [5] (EOS = 1 appended to each)
+    trie = TokenTrie.from_sequences([[5, 6], [5, 7], [8], [5]], eos_token_id=1, pad_token_id=0)
+    five, eight = trie.walk(torch.tensor([[5], [8]])).tolist()
+    five_six = int(trie.walk(torch.tensor([[5, 6]]))[0])
+    assert trie.subtree_items[[0, five, eight, five_six]].tolist() == [4, 3, 1, 1]
+    slots = trie.n_nodes + 1
+    edges = trie.exclusion_edges([{1}, {1, 2}, {4}, {1, 2, 4}, {1, 2, 3, 4}, set(), {99, 0}])
+    assert edges.n_prompts == 7
+    assert sorted(zip(edges.keys.tolist(), edges.tokens.tolist())) == sorted([
+        (0 * slots + five, 6),                       # item 1 alone under "5 6": the edge into it
+        (1 * slots + five, 6), (1 * slots + five, 7),  # two of the three items under "5"
+        (2 * slots + five, 1),                       # item 4 is "5" + EOS: its leaf, beside items 1 and 2
+        (3 * slots + 0, 5),                          # everything under "5": the root's edge
+        (4 * slots + 0, 5), (4 * slots + 0, 8),      # every item; unknown ids and empty sets block nothing
+    ])
+    # 2 prompts x 2 beams, the beams at the root and at "5"
+    scores = torch.zeros(4, 10)
+    trie.mask_excluded(scores, torch.tensor([0, five, 0, five]), trie.exclusion_edges([{1}, {1, 2, 4}]))
+    assert {tuple(x) for x in torch.nonzero(scores == -torch.inf).tolist()} == {(1, 6), (2, 5)}
+    scores = torch.zeros(2, 10)  # a dead beam (-1) is left alone
+    trie.mask_excluded(scores, torch.tensor([DEAD_STATE, five]), trie.exclusion_edges([{4}]))
+    assert {tuple(x) for x in torch.nonzero(scores == -torch.inf).tolist()} == {(1, 1)}
+    with pytest.raises(ValueError, match="whole number of beams"):
+        trie.mask_excluded(torch.zeros(3, 10), torch.zeros(3, dtype=torch.long), trie.exclusion_edges([{1}, {2}]))
+
+
+@pytest.mark.parametrize("backbone", ["t5", "llama"])
+def test_exclusion_inside_the_search(backbone, catalog, request):
+    """Excluded items are forbidden inside the beam search: the vectorised trie and the slow
+    prefix_allowed_tokens_fn reference give the same beams; with beams for every item the search
+    is exhaustive and equals the full ranking minus the excluded items; a prompt's answer does not
+    depend on the other prompts (their histories) in the batch; the beam width stays k."""
+    model = request.getfixturevalue(backbone)
+    tok, trie = catalog
+    prompts = make_prompts(random.Random(2), 4)
+    k = 5
+    full, full_scores = constrained_topk(model, tok, trie, prompts, len(IDS))  # every item, exhaustive
+    assert bool((full > 0).all())
+    sedu = {i + 1 for i, t in enumerate(IDS) if t.startswith("sedu")}  # a whole shared prefix
+    exclude = [set(full[0, :3].tolist()), set(full[1, :1].tolist()) | sedu | {0, 10_000},
+               set(full[2, : len(IDS) - 2].tolist()), set()]  # unknown ids are ignored; row 2 keeps 2 items
+    items, scores = constrained_topk(model, tok, trie, prompts, k, exclude=exclude)
+    slow_items, slow_scores = constrained_topk(model, tok, trie, prompts, k, exclude=exclude, constraint="prefix_fn")
+    assert torch.equal(items, slow_items)
+    torch.testing.assert_close(scores, slow_scores, atol=1e-5, rtol=0)
     for b in range(len(prompts)):
-        kept = [(i, s) for i, s in wide[b] if i not in exclude[b]][:k]
-        assert ex_items[b].tolist() == [i for i, _ in kept]
-        assert not set(ex_items[b].tolist()) & exclude[b]
-        torch.testing.assert_close(ex_scores[b], torch.tensor([s for _, s in kept]), atol=1e-5, rtol=0)
+        assert not set(items[b].tolist()) & exclude[b]
+        alone_items, alone_scores = constrained_topk(model, tok, trie, [prompts[b]], k, exclude=[exclude[b]])
+        assert alone_items[0].tolist() == items[b].tolist()
+        torch.testing.assert_close(alone_scores[0], scores[b], atol=1e-5, rtol=0)
+    assert items[2, :2].tolist() == [i for i in full[2].tolist() if i not in exclude[2]] and items[2, 2:].tolist() == [0] * 3
+    exact, exact_scores = constrained_topk(model, tok, trie, prompts, k, num_beams=len(IDS), exclude=exclude)
+    for b in range(len(prompts)):
+        kept = [(i, sc) for i, sc in zip(full[b].tolist(), full_scores[b].tolist()) if i not in exclude[b]][:k]
+        assert exact[b, : len(kept)].tolist() == [i for i, _ in kept]
+        torch.testing.assert_close(exact_scores[b, : len(kept)], torch.tensor([sc for _, sc in kept]), atol=1e-5, rtol=0)
+    seen = []
+    real_generate = model.generate
+    def spy(*args, **kwargs):
+        seen.append(kwargs["num_beams"])
+        return real_generate(*args, **kwargs)
+    model.generate = spy
+    try:
+        constrained_topk(model, tok, trie, prompts, k, exclude=exclude)
+    finally:
+        del model.generate
+    assert seen == [k]
 
 
 def test_short_catalog_pads_and_unconstrained_drops_non_items(t5, catalog):

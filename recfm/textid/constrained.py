@@ -24,7 +24,7 @@ from typing import Collection, Mapping, Sequence
 
 import torch
 
-from recfm.textid.trie import DEAD, DictTrie, TokenTrie, make_prefix_allowed_tokens_fn
+from recfm.textid.trie import DEAD, DictTrie, ExcludedEdges, TokenTrie, make_prefix_allowed_tokens_fn
 
 try:  # transformers is imported lazily elsewhere in recfm; a processor needs its base class
     from transformers import LogitsProcessor, LogitsProcessorList
@@ -56,15 +56,20 @@ class TrieLogitsProcessor(LogitsProcessor):
     ``inplace=True`` masks ``scores`` in place (what :func:`constrained_topk` uses: beam search
     hands the processor a fresh log-softmax); the default returns a new tensor, as transformers'
     greedy search may keep the tensor it passes (``output_logits``).
+
+    ``exclude`` (:meth:`TokenTrie.exclusion_edges`) also forbids, per prompt, every edge that
+    leads only to that prompt's excluded items (e.g. its history), so beams are never spent on them.
     """
 
-    def __init__(self, trie: TokenTrie, prompt_length: int, *, cache: bool = True, inplace: bool = False):
+    def __init__(self, trie: TokenTrie, prompt_length: int, *, cache: bool = True, inplace: bool = False,
+                 exclude: ExcludedEdges | None = None):
         if prompt_length < 0:
             raise ValueError("prompt_length must be >= 0")
         self.trie = trie
         self.prompt_length = int(prompt_length)
         self.cache = cache
         self.inplace = inplace
+        self.exclude = exclude
         self._prev: tuple[torch.Tensor, ...] | None = None  # (sorted hashes, row order, tokens, states)
         self._powers: dict[tuple, torch.Tensor] = {}
 
@@ -116,7 +121,11 @@ class TrieLogitsProcessor(LogitsProcessor):
         return (tokens.long() * powers).sum(1)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return self.trie.mask_scores(scores, self.states(input_ids), inplace=self.inplace)
+        nodes = self.states(input_ids)
+        out = self.trie.mask_scores(scores, nodes, inplace=self.inplace)
+        if self.exclude is not None:
+            self.trie.to(out.device).mask_excluded(out, nodes, self.exclude)
+        return out
 
 
 def _encode(model, tokenizer, prompts, is_encoder_decoder: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,7 +179,6 @@ def constrained_topk(
     max_new_tokens: int | None = None,
     exclude: Sequence[Collection[int]] | None = None,
     *,
-    extra_beams: int | None = None,
     constraint: str = "trie",
     **generate_kwargs,
 ) -> tuple[torch.LongTensor, torch.FloatTensor]:
@@ -183,16 +191,15 @@ def constrained_topk(
         prompts: strings, an encoded batch (``input_ids`` + ``attention_mask``; left-padded for
             causal LMs) or a LongTensor of input ids.
         k: items to return per prompt.
-        num_beams: beam width (default and minimum ``k``; grown for ``exclude``, see below).
-            All beams are returned by ``generate`` and the best ``k`` distinct allowed items
-            kept.
+        num_beams: beam width (default and minimum ``k``). All beams are returned by
+            ``generate`` and the best ``k`` distinct items kept.
         max_new_tokens: default the longest ID (with its EOS): every ID fits.
-        exclude: per prompt, item indices not to return (e.g. the history). They are removed
-            after the search; to still fill ``k`` places the beam width grows by the largest
-            number of excluded real items in the batch (or by ``extra_beams`` if given). The
-            trade-off: exact "best k after removal" for that many beams, at a cost that grows
-            with the history length; a smaller ``extra_beams`` is cheaper but a row whose beams
-            were mostly excluded items comes back short (padded).
+        exclude: per prompt, item indices not to return (e.g. the history). The trie and
+            prefix_fn constraints forbid them inside the search (the edges that lead only to a
+            prompt's excluded items, :meth:`TokenTrie.exclusion_edges`), so the beam width stays
+            ``num_beams`` whatever the history length, and a prompt's answer does not depend on
+            the other prompts of the batch. Unconstrained search (``"none"``) drops them after
+            the search, with ``num_beams`` grown by the batch's most excluded items.
         constraint: ``"trie"`` (vectorised, :class:`TrieLogitsProcessor`), ``"prefix_fn"`` (the
             slow dict-of-dicts reference through ``prefix_allowed_tokens_fn``) or ``"none"``
             (unconstrained beam search; sequences that are no item are dropped).
@@ -210,7 +217,7 @@ def constrained_topk(
     input_ids, attention_mask = _encode(model, tokenizer, prompts, is_enc_dec)
     batch = input_ids.shape[0]
     excl, n_excl = _exclude_tensor(exclude, batch, trie)
-    beams = max(k, num_beams or k) + (n_excl if extra_beams is None else min(int(extra_beams), n_excl))
+    beams = max(k, num_beams or k) + (n_excl if constraint == "none" else 0)
     if max_new_tokens is None:
         max_new_tokens = trie.max_len
     if batch == 0:
@@ -234,9 +241,12 @@ def constrained_topk(
     )
     kwargs.update(generate_kwargs)
     if constraint == "trie":
-        kwargs["logits_processor"] = LogitsProcessorList([TrieLogitsProcessor(trie, prompt_length, inplace=True)])
+        edges = trie.exclusion_edges(exclude) if n_excl else None
+        kwargs["logits_processor"] = LogitsProcessorList([TrieLogitsProcessor(trie, prompt_length, inplace=True,
+                                                                              exclude=edges)])
     elif constraint == "prefix_fn":
-        kwargs["prefix_allowed_tokens_fn"] = make_prefix_allowed_tokens_fn(dict_trie(trie), prompt_length)
+        kwargs["prefix_allowed_tokens_fn"] = make_prefix_allowed_tokens_fn(
+            dict_trie(trie), prompt_length, exclude=[set(map(int, ex)) for ex in exclude] if n_excl else None)
     elif constraint != "none":
         raise ValueError(f"constraint must be 'trie', 'prefix_fn' or 'none', not {constraint!r}")
 

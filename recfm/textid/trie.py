@@ -28,12 +28,26 @@ Python per prefix; it is the reference the tests and benchmarks compare against.
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 import torch
 
 DEAD = -1
+
+
+@dataclass(frozen=True)
+class ExcludedEdges:
+    """Per prompt, the trie edges that lead only to excluded items (:meth:`TokenTrie.exclusion_edges`).
+
+    ``keys`` (sorted) are ``prompt * (n_nodes + 1) + parent`` and ``tokens`` the edge's token; a
+    search over ``n_prompts`` prompts with ``rows / n_prompts`` beams each (rows of one prompt
+    contiguous, as ``generate`` lays them out) reads them with :meth:`TokenTrie.mask_excluded`."""
+
+    keys: torch.Tensor
+    tokens: torch.Tensor
+    n_prompts: int
 
 
 class DuplicateItemIDError(ValueError):
@@ -413,6 +427,74 @@ class TokenTrie:
         nodes = nodes.to(self.device, torch.long)
         return torch.where(nodes >= 0, self.leaf_item[nodes.clamp(min=0)], 0)
 
+    @property
+    def subtree_items(self) -> torch.Tensor:
+        """``[n_nodes]``: how many items' IDs pass through each node (their leaves below it)."""
+        cached = self.__dict__.get("_subtree_items")
+        if cached is None:
+            cached = torch.zeros(self.n_nodes, dtype=torch.long, device=self.device)
+            cached.index_add_(0, self.item_leaf, torch.ones_like(self.item_leaf))
+            for d in range(int(self.node_depth.max()), 0, -1):  # children before parents
+                level = torch.nonzero(self.node_depth == d).squeeze(1)
+                cached.index_add_(0, self.node_parent[level], cached[level])
+            self.__dict__["_subtree_items"] = cached
+        return cached
+
+    def exclusion_edges(self, exclude: Sequence[Collection[int]]) -> ExcludedEdges:
+        """The edges to forbid so that the search for prompt ``p`` can reach no item of
+        ``exclude[p]``: those into the highest nodes whose every item is excluded (an excluded
+        item's own leaf, reached by its EOS, or a shared prefix all of whose items are excluded).
+        Every other prefix still leads to an allowed item, so no beam is spent on an excluded
+        one and none gets stuck. Unknown item ids are ignored."""
+        n_slots = self.n_nodes + 1
+        lookup = torch.full((int(self.items.max()) + 1 if self.n_items else 1,), DEAD, dtype=torch.long)
+        lookup[self.items.cpu()] = self.item_leaf.cpu()
+        counts = self.subtree_items.cpu()
+        parent, token = self.node_parent.cpu(), self.node_token.cpu()
+        keys, tokens = [], []
+        for p, items in enumerate(exclude):
+            ids = torch.tensor(sorted({int(i) for i in items if 0 < int(i) < lookup.shape[0]}), dtype=torch.long)
+            cur = lookup[ids]
+            cur = cur[cur >= 0]
+            chain = []
+            while cur.numel():  # the leaves and all their ancestors below the root (node 0)
+                chain.append(cur)
+                cur = parent[cur]
+                cur = cur[cur > 0]
+            if not chain:
+                continue
+            nodes, hits = torch.unique(torch.cat(chain), return_counts=True)  # hits: excluded items below
+            full = nodes[hits == counts[nodes]]
+            top = full[~torch.isin(parent[full], full)]
+            keys.append(p * n_slots + parent[top])
+            tokens.append(token[top])
+        if not keys:
+            empty = torch.zeros(0, dtype=torch.long, device=self.device)
+            return ExcludedEdges(empty, empty, len(exclude))
+        keys_t, tokens_t = torch.cat(keys), torch.cat(tokens)
+        order = torch.argsort(keys_t, stable=True)
+        return ExcludedEdges(keys_t[order].to(self.device), tokens_t[order].to(self.device), len(exclude))
+
+    def mask_excluded(self, scores: torch.Tensor, nodes: torch.Tensor, excluded: ExcludedEdges) -> torch.Tensor:
+        """``scores`` (``[rows, V]``, rows = prompts x beams) with the excluded edges of each row's
+        prompt at its state ``nodes`` set to ``-inf``, in place."""
+        rows = scores.shape[0]
+        if excluded.keys.numel() == 0 or rows == 0:
+            return scores
+        if rows % excluded.n_prompts:
+            raise ValueError(f"{rows} rows are not a whole number of beams for {excluded.n_prompts} prompts")
+        keys, toks = excluded.keys.to(scores.device), excluded.tokens.to(scores.device)
+        prompt = torch.arange(rows, device=scores.device) // (rows // excluded.n_prompts)
+        query = prompt * (self.n_nodes + 1) + nodes.to(scores.device, torch.long)  # dead (-1) matches no key
+        lo = torch.searchsorted(keys, query)
+        cnt = torch.searchsorted(keys, query, right=True) - lo
+        total = int(cnt.sum())
+        if total:
+            row = torch.repeat_interleave(torch.arange(rows, device=scores.device), cnt, output_size=total)
+            pos = torch.arange(total, device=scores.device) + (lo - (torch.cumsum(cnt, 0) - cnt))[row]
+            scores[row, toks[pos]] = -torch.inf
+        return scores
+
     def heavy_masks(
         self, vocab_size: int, dtype: torch.dtype = torch.float32, *, min_degree: int | None = None,
         max_bytes: int = 64 << 20,
@@ -557,17 +639,32 @@ class DictTrie:
         return node[self._ITEM] if node is not None and self._ITEM in node else 0
 
 
-def make_prefix_allowed_tokens_fn(trie: DictTrie, prompt_length: int, dead_tokens: Sequence[int] | None = None):
+def make_prefix_allowed_tokens_fn(trie: DictTrie, prompt_length: int, dead_tokens: Sequence[int] | None = None,
+                                  exclude: Sequence[Collection[int]] | None = None):
     """``prefix_allowed_tokens_fn(batch_id, input_ids)`` for ``generate``, as in the public IDGenRec code.
 
     The generated suffix ``input_ids[prompt_length:]`` is walked in ``trie``. transformers rejects
     an empty list, so an invalid prefix (a beam that is already at -inf) gets ``dead_tokens``
-    (default: pad), which changes nothing: its running score stays -inf.
+    (default: pad), which changes nothing: its running score stays -inf. With ``exclude`` (per
+    prompt, the ``batch_id``), tokens whose every item below is excluded are not allowed: the slow
+    reference of :meth:`TokenTrie.exclusion_edges`.
     """
     dead = list(dead_tokens) if dead_tokens is not None else [trie.pad_token_id]
+    below: dict[int, set[int]] = {}
+
+    def items_below(node: dict) -> set[int]:
+        if id(node) not in below:
+            below[id(node)] = {node[DictTrie._ITEM]} if DictTrie._ITEM in node else \
+                set().union(*(items_below(child) for child in node.values()))
+        return below[id(node)]
 
     def prefix_allowed_tokens(batch_id: int, input_ids: torch.Tensor) -> list[int]:
-        allowed = trie.get(input_ids[prompt_length:].tolist())
+        prefix = input_ids[prompt_length:].tolist()
+        allowed = trie.get(prefix)
+        if allowed and exclude is not None and exclude[batch_id]:
+            node = trie._node(prefix)
+            if DictTrie._ITEM not in node:
+                allowed = [t for t in allowed if not items_below(node[t]) <= set(exclude[batch_id])]
         return allowed if allowed else dead
 
     return prefix_allowed_tokens
