@@ -156,9 +156,14 @@ def load_run(run_dir: Path):
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise RunError(f"{run_dir} is not a run directory (no config.yaml)")
-    run = RunConfig.model_validate(read_yaml(run_dir / "config.yaml"))
-    entry = model_entry(run.model["name"])
-    model_cfg = entry.config.model_validate(run.model)
+    from pydantic import ValidationError
+
+    try:
+        run = RunConfig.model_validate(read_yaml(run_dir / "config.yaml"))
+        entry = model_entry(run.model["name"])
+        model_cfg = entry.config.model_validate(run.model)
+    except (ValidationError, KeyError, TypeError) as e:
+        raise RunError(f"{run_dir / 'config.yaml'} is not a valid run config: {e}") from None
     data = load_dataset(run.dataset, run.prep)
     weights = run_dir / entry.weights_dir
     if entry.weights_dir and not weights.is_dir():
@@ -167,6 +172,9 @@ def load_run(run_dir: Path):
         model = entry.model.load(weights, model_cfg, data.n_items, **_catalog_kwargs(entry, data, run.dataset))
     except FileNotFoundError as e:
         raise RunError(str(e)) from None
+    except Exception as e:  # a truncated or foreign weights file: say which run, not a library traceback
+        raise RunError(f"{run_dir}: the saved model in {weights} cannot be loaded ({type(e).__name__}: {e}); "
+                       "the run directory is damaged or from another version: train it again") from None
     return run, data, model
 
 

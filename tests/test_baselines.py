@@ -222,3 +222,13 @@ def test_config_rejects_bad_fields():
         SASRecConfig(hidden_size=30, num_heads=4)
     with pytest.raises(ValueError):
         GRU4RecConfig(unknown_field=1)
+
+
+def test_denormals_are_flushed_only_inside_training_and_scoring(split):
+    """Flushing denormals speeds up CPU training; it is thread state, so it must not outlive the
+    call into recfm (the caller's float arithmetic would silently change)."""
+    tiny = np.array([1e-310])  # a denormal double: flushed to 0 when the flag is on
+    model = make(SASRec, SASRecConfig, MODELS_UNDER_TEST[0][2], epochs=1)
+    model.fit(LeaveOneOut(split.train, split.valid.subset(slice(0, 10)), split.test), log=quiet)
+    model.score([[1, 2]])
+    assert float(torch.from_numpy(tiny * 1.0).mul(1.0)[0]) != 0.0

@@ -67,3 +67,63 @@ def test_config_errors_are_config_errors(tmp_path):
     np.savez(tmp_path / "p.npz", meta=np.array("{}"))
     with pytest.raises(ValueError, match="format"):
         ClickPairs.load(tmp_path / "p.npz")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    import os
+
+    from helpers import tiny_shop
+
+    from recfm.runs import train_run
+
+    root = tmp_path_factory.mktemp("damaged")
+    os.environ["RECFM_CACHE_DIR"] = str(root / "cache")
+    train_run("sasrec", str(tiny_shop(root / "shop")), root / "run",
+              overrides=["prep.user_core=2", "prep.item_core=0", "epochs=1", "hidden_size=8", "num_layers=1",
+                         "show_progress=false"])
+    return root / "run"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0, 1, exclude_max=True), flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True),
+                                                                      st.integers(1, 255)), max_size=4),
+       config=st.one_of(st.none(), bodies))
+def test_a_damaged_run_directory_is_a_run_error(finished_run, cut, flips, config, tmp_path_factory):
+    """Truncated or flipped weights, or any config.yaml: the run loads, or load_run raises RunError
+    (which the CLI and `recfm serve` print as one line); never another exception."""
+    import shutil
+
+    from recfm.runs import RunError, load_run
+
+    run = tmp_path_factory.mktemp("copy") / "run"
+    shutil.copytree(finished_run, run)
+    weights = next((run / "model").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    for where, xor in flips:
+        data[int(where * len(data))] ^= xor
+    weights.write_bytes(bytes(data[: max(1, int(len(data) * (1 - cut))) if cut > 0.5 else len(data)]))
+    if config is not None:
+        (run / "config.yaml").write_text(config)
+    try:
+        load_run(run)
+    except (RunError, ConfigError) as e:
+        assert str(e)
+
+
+def test_damaged_runs_through_the_cli_print_one_line(finished_run, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from recfm.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    weights = next((run / "model").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    r = CliRunner().invoke(app, ["--quiet", "evaluate", "--run", str(run)])
+    assert r.exit_code == 2 and "cannot be loaded" in r.output and "Traceback" not in r.output
+    (run / "config.yaml").write_text("model: {name: sasrec, hidden_size: lots}\n")
+    r = CliRunner().invoke(app, ["--quiet", "evaluate", "--run", str(run)])
+    assert r.exit_code == 2 and "not a valid run config" in r.output and "Traceback" not in r.output

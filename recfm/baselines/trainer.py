@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from recfm.checkpoint import (Checkpoint, CheckpointError, load_latest, load_optimizer_state, load_rng_state,
                               optimizer_state, rng_state, save_checkpoint)
 from recfm import distributed
-from recfm.compute import training_context
+from recfm.compute import flushed_denormals, training_context
 from recfm.data.split import LeaveOneOut
 from recfm.evaluation.protocol import Protocol, evaluate
 from recfm.recommender import ScoringRecommender
@@ -272,18 +272,19 @@ class SequentialRecommender(ScoringRecommender):
     def _encode_last(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
         was_training = self.net.training
         self.net.eval()
-        torch.set_flush_denormal(True)
         # Histories are encoded in groups of similar length, so short ones do not pay for
         # the padding of long ones; results do not depend on the grouping.
         lengths = np.array([min(len(h), self.config.max_len) for h in histories], dtype=np.int64)
         order = np.argsort(lengths, kind="stable")
         table = self.net.item_embeddings()
         hidden = torch.empty(len(histories), table.shape[1], dtype=table.dtype, device=self.device)
-        for lo in range(0, len(order), SCORE_GROUP):
-            idx = order[lo : lo + SCORE_GROUP]
-            seqs, last = pad_right([histories[i] for i in idx], self.config.max_len)
-            out = self.net.encode(seqs.to(self.device))
-            hidden[torch.from_numpy(idx).to(self.device)] = out[torch.arange(len(idx), device=self.device), last.to(self.device)]
+        with flushed_denormals():
+            for lo in range(0, len(order), SCORE_GROUP):
+                idx = order[lo : lo + SCORE_GROUP]
+                seqs, last = pad_right([histories[i] for i in idx], self.config.max_len)
+                out = self.net.encode(seqs.to(self.device))
+                hidden[torch.from_numpy(idx).to(self.device)] = out[torch.arange(len(idx), device=self.device),
+                                                                    last.to(self.device)]
         self.net.train(was_training)
         return hidden
 
