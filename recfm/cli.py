@@ -21,7 +21,7 @@ from recfm.config import ConfigError
 from recfm.data.registry import DATASETS, DatasetNotFoundError, load_dataset, resolve
 from recfm.data.schema import DataFormatError, EmptyDatasetError
 from recfm.data.sources import FORMATS, UnknownFormatError
-from recfm.serve.batching import MAX_BATCH, MAX_WAIT_MS
+from recfm.serve.batching import MAX_BATCH, MAX_QUEUE, MAX_WAIT_MS
 
 app = typer.Typer(help="recfm: recommendation foundation models on one data layer and one protocol.", no_args_is_help=True)
 data_app = typer.Typer(help="List, inspect and prepare datasets.", no_args_is_help=True)
@@ -420,6 +420,7 @@ def serve(
     max_batch: int = typer.Option(MAX_BATCH, "--max-batch", min=1, help="requests answered by one model call at most"),
     max_wait_ms: float = typer.Option(MAX_WAIT_MS, "--max-wait-ms", min=0, help="how long a request waits for others to batch with"),
     max_history: int = typer.Option(200, "--max-history", min=1, help="longer histories are refused (413)"),
+    max_queue: int = typer.Option(MAX_QUEUE, "--max-queue", min=1, help="requests waiting beyond this are refused (503)"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: all cores)"),
 ) -> None:
     """HTTP API of a trained run: POST /recommend, POST /embed, GET /health; OpenAPI at /docs."""
@@ -440,7 +441,7 @@ def serve(
     gc.freeze()
     console.print(f"serving {service.model_name} on {service.data.name} ({service.data.n_items} items) "
                   f"at http://{host}:{port} (API docs: /docs)")
-    uvicorn.run(create_app(service, max_batch=max_batch, max_wait_ms=max_wait_ms), host=host, port=port,
+    uvicorn.run(create_app(service, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue), host=host, port=port,
                 log_level="warning", access_log=False)
 
 

@@ -74,6 +74,7 @@ def test_recommend_by_ids_and_by_titles_agree_and_exclude_history(client):
     ({"history": ["i1"], "titles": ["red widget 1"]}, 422, "exactly one"),
     ({}, 422, "exactly one"),
     ({"titles": ["a blue gizmo"]}, 422, "match no item"),
+    ({"titles": ["red widget 1", "x" * 301]}, 422, "longer than 300"),
     ({"history": ["i1"], "k": 0}, 422, "k must be"),
     ({"history": ["i1"], "k": 21}, 422, "k must be"),
     ({"history": ["i1"], "k": "ten"}, 422, "k:"),
@@ -91,7 +92,46 @@ def test_malformed_json_and_oversized_bodies(client):
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
     r = client.post("/recommend", content=b"x" * (1 << 21), headers={"content-type": "application/json"})
     assert r.status_code == 413
+    # streamed in chunks, with no content-length to check: counted as it arrives
+    r = client.post("/recommend", content=iter([b'{"history": ["', b"i1" * (1 << 19), b'"]}']),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "over" in r.json()["error"], r.text
+    small = client.post("/recommend", content=iter([b'{"history": ', b'["i1"], "k": 2}']),
+                        headers={"content-type": "application/json"})
+    assert small.status_code == 200 and len(small.json()["items"]) == 2  # a small chunked body still works
     assert client.get("/health").status_code == 200
+
+
+def test_batcher_refuses_beyond_its_queue_and_never_waits_on_a_dead_worker():
+    import asyncio
+    import threading
+
+    from recfm.serve.batching import MicroBatcher, Overloaded
+
+    release = threading.Event()
+
+    def slow(items):
+        release.wait(5)
+        return items
+
+    async def scenario():
+        batcher = MicroBatcher(slow, max_batch=1, max_wait_ms=0, max_queue=2)
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit("a"))  # taken by the worker, blocks in the handler
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(batcher.submit(x)) for x in "bc"]  # fill the queue
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded, match="2 requests are already waiting"):
+            await batcher.submit("d")
+        release.set()
+        assert await first == "a" and [await q for q in queued] == ["b", "c"]
+        batcher.worker.cancel()
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="worker has stopped"):
+            await batcher.submit("e")
+        await batcher.stop()
+
+    asyncio.run(scenario())
 
 
 def same_answers(a: list[dict], b: list[dict], tol: float = 1e-4) -> bool:

@@ -21,9 +21,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from recfm import __version__
-from recfm.serve.batching import MAX_BATCH, MAX_WAIT_MS, MicroBatcher
+from recfm.serve.batching import MAX_BATCH, MAX_QUEUE, MAX_WAIT_MS, MicroBatcher, Overloaded
 from recfm.serve.service import RecommendationService, RequestError
 
 log = logging.getLogger("recfm.serve")
@@ -74,12 +75,53 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
-def create_app(service: RecommendationService, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS) -> FastAPI:
+class BodyLimit:
+    """413 for a body over ``max_bytes``, whether it declares its length or streams it in chunks
+    (``Transfer-Encoding: chunked`` has no content-length to check): the body is counted as it
+    is read, the read is cut short, and the app's answer to the cut body is replaced by the 413."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await self._refuse(send)
+        received, over, replaced = 0, False, False
+
+        async def counted():
+            nonlocal received, over
+            message = await receive()
+            if message["type"] == "http.request" and not over:
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    over = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded(message):
+            nonlocal replaced
+            if not over:
+                return await send(message)
+            if not replaced and message["type"] == "http.response.start":
+                replaced = True
+                await self._refuse(send)
+
+        await self.app(scope, counted, guarded)
+
+    async def _refuse(self, send) -> None:
+        await _error(413, f"request body over {self.max_bytes} bytes")({"type": "http"}, None, send)
+
+
+def create_app(service: RecommendationService, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS,
+               max_queue: int = MAX_QUEUE) -> FastAPI:
     def run_batch(requests: list[tuple[list[int], int, bool]]) -> list[list[dict]]:
         histories, ks, excludes = zip(*requests)
         return service.recommend(histories, ks, excludes)
 
-    batcher = MicroBatcher(run_batch, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    batcher = MicroBatcher(run_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -92,16 +134,15 @@ def create_app(service: RecommendationService, max_batch: int = MAX_BATCH, max_w
     app.state.service = service
     app.state.batcher = batcher
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, e: RequestError):
         return _error(e.status, str(e))
+
+    @app.exception_handler(Overloaded)
+    async def overloaded(_: Request, e: Overloaded):
+        return JSONResponse(status_code=503, content={"error": str(e)}, headers={"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, e: RequestValidationError):
@@ -122,9 +163,15 @@ def create_app(service: RecommendationService, max_batch: int = MAX_BATCH, max_w
     async def health() -> dict:
         return {"status": "ok", **service.info(), "batches": batcher.batches, "batched_requests": batcher.requests}
 
+    async def resolve(body: HistoryRequest) -> list[int]:
+        if body.titles is None or body.history is not None:  # item ids (or a request resolve refuses)
+            return service.resolve(body.history, body.titles)
+        # fuzzy title matching scans the catalog: off the event loop, so other requests go on
+        return await run_in_threadpool(service.resolve, None, body.titles)
+
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(body: RecommendRequest) -> dict:
-        history = service.resolve(body.history, body.titles)
+        history = await resolve(body)
         k = service.check_k(body.k)
         items = await batcher.submit((history, k, body.exclude_history))
         return {"model": service.model_name, "history": [service.data.item_ids[i - 1] for i in history], "items": items}
@@ -133,7 +180,7 @@ def create_app(service: RecommendationService, max_batch: int = MAX_BATCH, max_w
     async def embed(body: HistoryRequest) -> dict:
         if not service.can_embed:
             service.embed([])  # raises the 501 with its message
-        history = service.resolve(body.history, body.titles)
+        history = await resolve(body)
         # on the model's own thread: the model is never called from two threads at once
         vectors = await asyncio.get_running_loop().run_in_executor(batcher.executor, service.embed, [history])
         vector = vectors[0]

@@ -15,16 +15,21 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 
-MAX_BATCH, MAX_WAIT_MS = 32, 5.0  # defaults of `recfm serve`
+MAX_BATCH, MAX_WAIT_MS, MAX_QUEUE = 32, 5.0, 1024  # defaults of `recfm serve`
+
+
+class Overloaded(RuntimeError):
+    """More requests are waiting than the queue holds: the client should retry later (503)."""
 
 
 class MicroBatcher:
     def __init__(self, handler: Callable[[Sequence[Any]], Sequence[Any]], max_batch: int = MAX_BATCH,
-                 max_wait_ms: float = MAX_WAIT_MS):
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
+                 max_wait_ms: float = MAX_WAIT_MS, max_queue: int = MAX_QUEUE):
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError("max_batch and max_queue must be at least 1")
         self.handler = handler
         self.max_batch = max_batch
+        self.max_queue = max_queue
         self.max_wait = max_wait_ms / 1000
         self.queue: asyncio.Queue | None = None
         self.worker: asyncio.Task | None = None
@@ -33,7 +38,7 @@ class MicroBatcher:
         self.requests = 0
 
     async def start(self) -> None:
-        self.queue = asyncio.Queue()
+        self.queue = asyncio.Queue(self.max_queue)
         self.worker = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -50,8 +55,13 @@ class MicroBatcher:
         in every request of that batch."""
         if self.queue is None:
             raise RuntimeError("MicroBatcher.start() was not awaited")
+        if self.worker is None or self.worker.done():  # never wait on a worker that is gone
+            raise RuntimeError("the model worker has stopped; restart the server")
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((item, future))
+        try:
+            self.queue.put_nowait((item, future))
+        except asyncio.QueueFull:
+            raise Overloaded(f"{self.max_queue} requests are already waiting; retry shortly") from None
         return await future
 
     async def _run(self) -> None:

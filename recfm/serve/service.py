@@ -65,6 +65,7 @@ class TitleIndex:
 class Limits:
     max_history: int = 200
     max_k: int = 100
+    max_title_chars: int = 300  # fuzzy matching costs grow with the text: a title is not an essay
 
 
 class RecommendationService:
@@ -113,6 +114,10 @@ class RecommendationService:
                 raise RequestError(f"{len(unknown)} item ids are not in {self.data.name}: {unknown[:5]} "
                                    f"(item ids are the dataset's own, e.g. {', '.join(self.data.item_ids[:3])})")
             return [self.index[h] for h in given]
+        long = [i for i, t in enumerate(given) if len(t) > self.limits.max_title_chars]
+        if long:
+            raise RequestError(f"{len(long)} titles are longer than {self.limits.max_title_chars} characters "
+                               f"(the first at position {long[0]})")
         out, misses = [], []
         for text in given:
             item, close = self.titles.match(text)
