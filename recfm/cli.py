@@ -78,9 +78,10 @@ def user_errors():
         raise typer.Exit(2) from None
     except Exception as e:
         from recfm.checkpoint import CheckpointError
+        from recfm.multitask.run import MultiTaskRunError
         from recfm.runs import RunError
 
-        if isinstance(e, (RunError, CheckpointError)):
+        if isinstance(e, (RunError, CheckpointError, MultiTaskRunError)):
             _print_error(e)
             raise typer.Exit(2) from None
         raise
@@ -378,12 +379,13 @@ def multitask_train(
     ctx: typer.Context,
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML with data: and train: sections"),
     output: Path = typer.Option(..., "--output", "-o", help="run directory"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its newest checkpoint"),
 ) -> None:
     """Train one model on every task (overrides: train.steps=50 train.scheduler=uniform ...)."""
     from recfm.multitask.run import train_run
 
     with user_errors():
-        metrics = train_run(_multitask_config(config, list(ctx.args)), output)
+        metrics = train_run(_multitask_config(config, list(ctx.args)), output, resume=resume)
     out.print_json(json.dumps(metrics["tasks"]))
 
 

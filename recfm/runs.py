@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import yaml
 
 from recfm import __version__, distributed
 from recfm.baselines import MODELS
@@ -136,7 +137,11 @@ def _check_resumable(output: Path, config_text: str, entry) -> None:
         raise RunError(f"nothing to resume in {output}: it holds no run (start it without --resume)")
     if (output / "metrics.json").is_file():
         raise RunError(f"{output} holds a finished run: nothing to resume")
-    if (output / "config.yaml").read_text() != config_text:
+    saved, now = yaml.safe_load((output / "config.yaml").read_text()), yaml.safe_load(config_text)
+    for cfg in (saved, now):  # settings that do not change what is computed (threads, time budget, ...)
+        for key in getattr(entry.model, "resume_free", ()):
+            (cfg.get("model") or {}).pop(key, None)
+    if saved != now:
         raise RunError(f"the resolved config differs from {output / 'config.yaml'}: resume with the same model, "
                        "dataset, --config and overrides (or --config that file)")
 

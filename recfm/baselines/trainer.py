@@ -242,6 +242,7 @@ class SequentialRecommender(ScoringRecommender):
 
     config_class: type[SequentialTrainConfig] = SequentialTrainConfig
     resumable = True  # fit() takes checkpoints= and resume=
+    resume_free = _RESUME_FREE
 
     def __init__(self, config: SequentialTrainConfig, n_items: int):
         self.config = config

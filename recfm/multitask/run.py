@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -178,19 +180,46 @@ def _score(model, records, config: MultiTaskRunConfig) -> dict:
     return score_tasks(model, {t: records[t]["test"] for t in kinds}, kinds, config.train.eval_records)
 
 
-def train_run(config: MultiTaskRunConfig, output: Path, records=None, model=None) -> dict:
-    """Train one variant into ``output``; returns its metrics."""
+class MultiTaskRunError(RuntimeError):
+    pass
+
+
+def _check_resumable(config: MultiTaskRunConfig, output: Path) -> None:
+    from recfm.multitask.trainer import RESUME_FREE
+
+    saved_file = output / "config.yaml"
+    if not saved_file.is_file():
+        raise MultiTaskRunError(f"nothing to resume in {output}: it holds no run (start it without --resume)")
+    if (output / "metrics.json").is_file():
+        raise MultiTaskRunError(f"{output} holds a finished run: nothing to resume")
+    saved = load_run_config(saved_file).model_dump()
+    now = config.model_dump()
+    for cfg in (saved, now):
+        for key in RESUME_FREE:
+            cfg["train"].pop(key, None)
+    if saved != now:
+        raise MultiTaskRunError(f"the config differs from {saved_file}: resume with the same --config and overrides")
+
+
+def train_run(config: MultiTaskRunConfig, output: Path, records=None, model=None, resume: bool = False) -> dict:
+    """Train one variant into ``output``; returns its metrics. ``resume``: continue an interrupted
+    run in ``output`` from its newest checkpoint."""
     from recfm.multitask.model import load_multitask_model
-    from recfm.multitask.trainer import task_specs, train_multitask
+    from recfm.multitask.trainer import CHECKPOINTS, task_specs, train_multitask
 
     distributed.init()  # under torchrun / accelerate launch each process trains on its share of every batch
     main = distributed.is_main()
+    if resume:
+        _check_resumable(config, output)
     if main:
         output.mkdir(parents=True, exist_ok=True)
         (output / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
     records = records if records is not None else build_records(config.data, output.parent)
-    model = model or load_multitask_model(task_specs(records), config.train.model)
-    history = train_multitask(records, config.train, model, output)
+    if model is None:
+        with torch.random.fork_rng(devices=[]):  # the adapters' initial weights follow the run's seed
+            torch.manual_seed(config.train.seed)
+            model = load_multitask_model(task_specs(records), config.train.model)
+    history = train_multitask(records, config.train, model, output, resume=resume)
     if not main:  # the weights are the same in every process; process 0 scores and writes
         return {"steps": len(history["steps"]), "process": distributed.rank()}
     (output / "history.json").write_text(json.dumps(history))
@@ -201,6 +230,7 @@ def train_run(config: MultiTaskRunConfig, output: Path, records=None, model=None
     metrics = {"tasks": _score(model, records, config), "train_seconds": history["train_seconds"],
                "steps": len(history["steps"]), "stopped": history.get("stopped", "completed")}
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
     return metrics
 
 
@@ -231,6 +261,7 @@ def zero_shot(config: MultiTaskRunConfig, output: Path) -> dict:
 def ablation(config: MultiTaskRunConfig, output: Path, variants: list[str] | None = None) -> Path:
     """Zero-shot backbone + every variant (each skipped if its metrics.json exists); writes table.md."""
     from recfm.config import deep_merge
+    from recfm.multitask.trainer import CHECKPOINTS
 
     names = variants or DEFAULT_VARIANTS
     unknown = [n for n in names if n not in VARIANTS]
@@ -249,8 +280,9 @@ def ablation(config: MultiTaskRunConfig, output: Path, variants: list[str] | Non
             results[name] = json.loads((run_dir / "metrics.json").read_text())
             continue
         variant = MultiTaskRunConfig.model_validate(deep_merge(config.model_dump(), {"train": VARIANTS[name]}))
-        log.info("multitask ablation: %s", name)
-        results[name] = train_run(variant, run_dir)
+        resume = (run_dir / CHECKPOINTS / "latest.json").is_file()  # a variant killed mid-training goes on
+        log.info("multitask ablation: %s%s", name, " (resumed)" if resume else "")
+        results[name] = train_run(variant, run_dir, resume=resume)
     if not main:
         return output / "table.md"
     table = ablation_table(results)

@@ -127,6 +127,19 @@ class S2Sched:
     def warmup_steps(self) -> int:
         return int(self.config.warmup_ratio * self.total_steps)
 
+    def state(self) -> dict:
+        """JSON-able state (a checkpoint); :meth:`restore` puts it back."""
+        return {"steps": self.steps, "losses": [x.tolist() for x in self.losses],
+                "alphas": [x.tolist() for x in self.alphas], "log": self.log,
+                "first": None if self._first is None else self._first.tolist()}
+
+    def restore(self, state: dict) -> None:
+        self.steps = list(state["steps"])
+        self.losses = [np.array(x, dtype=np.float64) for x in state["losses"]]
+        self.alphas = [np.array(x, dtype=np.float64) for x in state["alphas"]]
+        self.log = list(state["log"])
+        self._first = None if state["first"] is None else np.array(state["first"], dtype=np.float64)
+
     def wants_validation(self, step: int) -> bool:
         return step % self.config.eval_every == 0
 

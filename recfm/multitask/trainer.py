@@ -7,7 +7,12 @@ validation sample of every task is scored (no gradient) and its losses feed the 
 Adapter weights are kept at ``checkpoints`` evenly spaced steps of the second half of training;
 ``merge: true`` replaces the final weights by their TIES merge (4.4) relative to the initial ones.
 
-    run = train_multitask(records, MultiTaskConfig(), output_dir)   # records: {task: {split: [...]}}
+Every ``checkpoint_every`` steps the whole training state (adapters, initial adapters, AdamW,
+torch RNG, each task pool's order and RNG, both schedulers, the kept snapshots, the history) is
+written to ``output_dir/checkpoints`` atomically (recfm.checkpoint); ``resume=True`` continues
+from it and takes exactly the steps an uninterrupted run would have taken.
+
+    run = train_multitask(records, MultiTaskConfig(), model, output_dir)   # records: {task: {split: [...]}}
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +29,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from recfm import distributed
+from recfm.checkpoint import (Checkpoint, CheckpointError, load_latest, load_optimizer_state, load_rng_state,
+                              optimizer_state, rng_state, save_checkpoint)
 from recfm.compute import training_context
 from recfm.multitask.merge import ties_merge
 from recfm.multitask.model import MultiTaskModel, MultiTaskModelConfig, TaskSpec
@@ -48,8 +56,14 @@ class MultiTaskConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0)
     max_minutes: float | None = Field(None, gt=0, description="stop training after this long (wall clock)")
     eval_records: int | None = Field(200, ge=1, description="test records scored per task (None = all)")
+    checkpoint_every: int = Field(25, ge=0, description="write a resumable checkpoint every this many steps (0 = never)")
     num_threads: int | None = Field(None, ge=1)
     seed: int = 0
+
+
+# Settings that may differ on resume without changing what is computed.
+RESUME_FREE = {"num_threads", "max_minutes", "checkpoint_every", "eval_records"}
+CHECKPOINTS = "checkpoints"
 
 
 class TaskPool:
@@ -59,6 +73,13 @@ class TaskPool:
         if not records:
             raise ValueError("a task has no training records")
         self.records, self.rng, self.order = records, rng, []
+
+    def state(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "order": [int(i) for i in self.order]}
+
+    def restore(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.order = list(state["order"])
 
     def take(self, n: int) -> list:
         out = []
@@ -89,8 +110,11 @@ def _validation_losses(model: MultiTaskModel, valid: dict[str, list], kinds: dic
 
 
 def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig, model: MultiTaskModel,
-                    output_dir: Path | None = None, say: Callable[[str], None] = log.info) -> dict:
-    """Train ``model`` on every task's ``train`` records; returns the history (losses, schedules, merge)."""
+                    output_dir: Path | None = None, say: Callable[[str], None] = log.info,
+                    resume: bool = False) -> dict:
+    """Train ``model`` on every task's ``train`` records; returns the history (losses, schedules, merge).
+    With ``output_dir``, checkpoints go to ``output_dir/checkpoints``; ``resume`` continues from the
+    newest one there (none: a fresh start)."""
     kinds = {t.name: t.kind for t in model.tasks}
     gen_tasks = [t for t in kinds if kinds[t] == "generative" and records[t].get("train")]
     emb_tasks = [t for t in kinds if kinds[t] == "embedding" and records[t].get("train")]
@@ -110,13 +134,21 @@ def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     keep_at = set(np.unique(np.linspace(config.steps // 2, config.steps, config.checkpoints + 1)[1:].round()).astype(int))
     snapshots: list[dict[str, torch.Tensor]] = []
-    t0 = time.perf_counter()
+    folder = Path(output_dir) / CHECKPOINTS if output_dir is not None else None
+    state = _TrainState(model, optimizer, pools, scheds, history, snapshots, initial, config)
     from tqdm.auto import tqdm
 
     with training_context(config.num_threads, config.seed):
+        found = load_latest(folder) if resume and folder is not None else None
+        start, elapsed = state.restore(found) if found is not None else (0, 0.0)
+        if found is not None:
+            say(f"resumed from the checkpoint at step {start} of {config.steps}")
+        initial = state.initial
+        t0 = time.perf_counter() - elapsed
         model.model.train()
-        bar = tqdm(range(1, config.steps + 1), desc="multitask", unit="step", mininterval=2)
-        step = 0
+        bar = tqdm(range(start + 1, config.steps + 1), desc="multitask", unit="step", mininterval=2, initial=start,
+                   total=config.steps)
+        step = start
         for step in bar:
             if config.scheduler == "s2sched" and (step - 1) % config.s2sched.eval_every == 0 and valid:
                 model.model.eval()
@@ -145,6 +177,9 @@ def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig
             if step in keep_at:
                 snapshots.append(model.tmole.state_dict())
                 history["checkpoint_steps"].append(step)
+            if folder is not None and config.checkpoint_every and step % config.checkpoint_every == 0 \
+                    and step < config.steps and distributed.is_main():
+                state.save(folder, step, time.perf_counter() - t0)
             out_of_time = config.max_minutes is not None and (time.perf_counter() - t0) / 60 >= config.max_minutes
             if distributed.all_sum(float(out_of_time))[0] > 0:  # clocks differ between processes: stop together
                 history["stopped"] = f"time limit ({config.max_minutes} min) at step {step}"
@@ -164,6 +199,51 @@ def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig
     if output_dir is not None and distributed.is_main():
         save_adapter(model, Path(output_dir))
     return history
+
+
+@dataclass
+class _TrainState:
+    """Everything a resumed ``train_multitask`` needs, as safetensors + JSON (recfm.checkpoint)."""
+
+    model: MultiTaskModel
+    optimizer: torch.optim.Optimizer
+    pools: dict[str, TaskPool]
+    scheds: dict[str, S2Sched]
+    history: dict
+    snapshots: list[dict[str, torch.Tensor]]
+    initial: dict[str, torch.Tensor]
+    config: MultiTaskConfig
+
+    def save(self, folder: Path, step: int, elapsed: float) -> None:
+        opt_tensors, opt_meta = optimizer_state(self.optimizer)
+        rng_tensors, _ = rng_state()
+        tensors = {"adapter": self.model.tmole.state_dict(), "initial": self.initial, "optimizer": opt_tensors,
+                   "rng": rng_tensors, **{f"snapshot-{i}": snap for i, snap in enumerate(self.snapshots)}}
+        state = {"step": step, "elapsed": elapsed, "optimizer": opt_meta, "history": self.history,
+                 "snapshots": len(self.snapshots), "pools": {t: p.state() for t, p in self.pools.items()},
+                 "schedulers": {b: s.state() for b, s in self.scheds.items()},
+                 "config": self.config.model_dump(mode="json")}
+        save_checkpoint(folder, f"step-{step:06d}", Checkpoint(tensors=tensors, state=state))
+
+    def restore(self, found: Checkpoint) -> tuple[int, float]:
+        """Load ``found`` into the objects; returns (the step it was written after, seconds trained)."""
+        saved, now = found.state.get("config", {}), self.config.model_dump(mode="json")
+        changed = sorted(k for k in now if k not in RESUME_FREE and saved.get(k) != now[k])
+        if changed:
+            raise CheckpointError(f"the checkpoint was written with other settings ({', '.join(changed)}); "
+                                  "resume with the run's own config or start a new run")
+        self.model.tmole.load_state_dict(found.tensors["adapter"])
+        self.initial = found.tensors["initial"]
+        load_optimizer_state(self.optimizer, found.tensors["optimizer"], found.state["optimizer"])
+        load_rng_state(found.tensors["rng"], {"numpy": {}})
+        for t, pool in self.pools.items():
+            pool.restore(found.state["pools"][t])
+        for b, sched in self.scheds.items():
+            sched.restore(found.state["schedulers"][b])
+        self.history.clear()
+        self.history.update(found.state["history"])
+        self.snapshots[:] = [found.tensors[f"snapshot-{i}"] for i in range(found.state["snapshots"])]
+        return int(found.state["step"]), float(found.state["elapsed"])
 
 
 def _losses(model: MultiTaskModel, batch: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 import yaml
@@ -19,7 +23,8 @@ EMB = [{"query": ["Retrieve the next movie", f"watched movie {i}"], "pos": [["",
        for i in range(12)]
 
 
-def test_ablation_command_writes_the_table_and_both_plots(tmp_path):
+def write_fixture(tmp_path, **train) -> Path:
+    """RecFound-format files, a tiny Llama folder and a config using both; returns the config path."""
     data = tmp_path / "data"
     data.mkdir()
     for split, rows in (("train", slice(0, 8)), ("eval", slice(8, 10)), ("test", slice(10, 12))):
@@ -38,8 +43,13 @@ def test_ablation_command_writes_the_table_and_both_plots(tmp_path):
            "train": {"steps": 4, "gen_batch": 2, "emb_batch": 2, "checkpoints": 2, "eval_records": 2,
                      "s2sched": {"warmup_ratio": 0.25, "window": 4, "valid_samples": 2},
                      "model": {"backbone": str(tmp_path / "lm"),
-                               "tmole": {"r": 2, "alpha": 4, "task_dim": 8, "router_hidden": 4}}}}
+                               "tmole": {"r": 2, "alpha": 4, "task_dim": 8, "router_hidden": 4}}, **train}}
     (tmp_path / "mt.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path / "mt.yaml"
+
+
+def test_ablation_command_writes_the_table_and_both_plots(tmp_path):
+    write_fixture(tmp_path)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["--quiet", "multitask", "ablation", "-c", str(tmp_path / "mt.yaml"), "-o", str(out),
                                       "train.lr=0.01"])
@@ -61,3 +71,39 @@ def test_ablation_command_writes_the_table_and_both_plots(tmp_path):
     typo = CliRunner().invoke(app, ["--quiet", "multitask", "train", "-c", str(tmp_path / "mt.yaml"), "-o", str(out / "y"),
                                     "train.stepz=3"])
     assert typo.exit_code != 0 and "stepz" in typo.output
+
+
+def test_a_run_killed_mid_training_resumes_to_the_same_result(tmp_path):
+    """SIGKILL a real `recfm multitask train` right after its first checkpoint (step 2 of 6), then
+    `--resume`: the same per-step losses, S2Sched ratios, merged adapter and test scores as an
+    uninterrupted run (TMoLE dropout is on, so the RNG state has to come back too)."""
+    from safetensors.torch import load_file
+
+    config = write_fixture(tmp_path, steps=6, checkpoint_every=2, lr=0.01, num_threads=1)
+
+    def train(out, *extra, crash=None):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", **({"RECFM_CRASH_AFTER_CHECKPOINT": str(crash)} if crash else {})}
+        return subprocess.run([sys.executable, "-m", "recfm.cli", "--quiet", "multitask", "train", "-c", str(config),
+                               "-o", str(out), *extra], capture_output=True, text=True, env=env, timeout=300)
+
+    whole = train(tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert not (tmp_path / "whole" / "checkpoints").exists()  # removed once the run finished
+    killed = train(tmp_path / "killed", crash=1)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (tmp_path / "killed" / "checkpoints" / "step-000002").is_dir()
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    changed = train(tmp_path / "killed", "--resume", "train.lr=0.02")
+    assert changed.returncode == 2 and "differs" in changed.stderr
+    resumed = train(tmp_path / "killed", "--resume", "train.max_minutes=30")  # a free setting may change
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("whole", "killed"))
+    assert a["steps"] == b["steps"] == [1, 2, 3, 4, 5, 6]
+    assert a["loss"] == b["loss"] and a["schedule"] == b["schedule"] and a["valid"] == b["valid"]
+    assert a["merged"] == b["merged"]
+    wa, wb = (load_file(str(tmp_path / d / "tmole.safetensors")) for d in ("whole", "killed"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("whole", "killed"))
+    assert ma["tasks"] == mb["tasks"]
+    done = train(tmp_path / "killed", "--resume")
+    assert done.returncode == 2 and "finished run" in done.stderr
