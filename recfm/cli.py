@@ -78,10 +78,11 @@ def user_errors():
         raise typer.Exit(2) from None
     except Exception as e:
         from recfm.checkpoint import CheckpointError
+        from recfm.distributed import UnsupportedLaunch
         from recfm.multitask.run import MultiTaskRunError
         from recfm.runs import RunError
 
-        if isinstance(e, (RunError, CheckpointError, MultiTaskRunError)):
+        if isinstance(e, (RunError, CheckpointError, MultiTaskRunError, UnsupportedLaunch)):
             _print_error(e)
             raise typer.Exit(2) from None
         raise

@@ -28,8 +28,21 @@ def launched() -> bool:
     return any(int(os.environ.get(k, "1")) > 1 for k in keys)
 
 
+SHARDING_ENV = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+
+
+class UnsupportedLaunch(RuntimeError):
+    """The launcher asked for something the trainers cannot do (a sharded engine)."""
+
+
 def init() -> None:
     """Join the process group the launcher describes (no-op in a single process)."""
+    for key, engine in SHARDING_ENV.items():
+        if os.environ.get(key, "").lower() in ("1", "true", "yes"):
+            # The trainers replicate the model (DDP) and gather their results on process 0; a sharded
+            # engine would hang or fail there, so it is refused up front.
+            raise UnsupportedLaunch(f"{engine} is not supported by recfm's trainers yet: launch with a DDP (multi-GPU or "
+                               "multi-CPU) accelerate config; every model here fits on one device")
     if launched() and not dist.is_initialized():
         from accelerate import PartialState
 

@@ -76,3 +76,14 @@ def test_textid_alternate_training_under_two_processes_matches_one(tmp_path):
     assert len(losses(one)) == 2 and len(gen(one)) == 1 and "assign" in one["training"]["rounds"][1]
     for key in ("ndcg@10", "hr@10", "mrr"):
         assert two["test"][key] == pytest.approx(one["test"][key], abs=1e-3)
+
+
+def test_sharded_engines_are_refused_with_a_clear_error(tmp_path):
+    """An accelerate config for FSDP or DeepSpeed sets these variables; the trainers replicate
+    the model and gather on process 0, so they refuse instead of hanging."""
+    folder = random_sequences(tmp_path / "shop", n_users=12, n_items=8, length=5, seed=0)
+    for key, engine in distributed.SHARDING_ENV.items():
+        done = launch(1, ["-m", "recfm.cli", "--quiet", "train", "pop", "-d", str(folder), "-o", str(tmp_path / key)],
+                      env={key: "true", "RECFM_CACHE_DIR": str(tmp_path / "cache")})
+        assert done.returncode == 2 and f"{engine} is not supported" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
