@@ -49,6 +49,15 @@ class Checkpoint:
     state: dict[str, Any] = field(default_factory=dict)
 
 
+def check_same_config(saved: dict, now: dict, free: set[str] | frozenset[str]) -> None:
+    """Refuse to resume a checkpoint written with other settings (those in ``free`` may differ:
+    they change nothing that is computed, e.g. threads or a time budget)."""
+    changed = sorted(k for k in now if k not in free and saved.get(k) != now[k])
+    if changed:
+        raise CheckpointError(f"the checkpoint was written with other settings ({', '.join(changed)}); "
+                              "resume with the run's own config or start a new run")
+
+
 # -- optimizer, scheduler and RNG state as tensors + JSON --------------------------------------
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = optimizer.state_dict()

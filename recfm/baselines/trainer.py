@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from recfm.checkpoint import (Checkpoint, CheckpointError, load_latest, load_optimizer_state, load_rng_state,
+from recfm.checkpoint import (Checkpoint, check_same_config, load_latest, load_optimizer_state, load_rng_state,
                               optimizer_state, rng_state, save_checkpoint)
 from recfm import distributed
 from recfm.compute import flushed_denormals, training_context
@@ -432,12 +432,7 @@ class SequentialRecommender(ScoringRecommender):
         ))
 
     def _restore(self, found: Checkpoint, optimizer, rng) -> tuple["FitState", dict]:
-        saved = found.state.get("config", {})
-        now = self.config.model_dump(mode="json")
-        changed = sorted(k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k])
-        if changed:
-            raise CheckpointError(f"the checkpoint was written with other settings ({', '.join(changed)}); "
-                                  "resume with the run's own config or start a new run")
+        check_same_config(found.state.get("config", {}), self.config.model_dump(mode="json"), _RESUME_FREE)
         self.net.load_state_dict(found.tensors["model"])
         load_optimizer_state(optimizer, found.tensors["optimizer"], found.state["optimizer"])
         load_rng_state(found.tensors["rng"], {"numpy": {}})

@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from recfm import distributed
-from recfm.checkpoint import (Checkpoint, CheckpointError, load_latest, load_optimizer_state, load_rng_state,
+from recfm.checkpoint import (Checkpoint, check_same_config, load_latest, load_optimizer_state, load_rng_state,
                               optimizer_state, rng_state, save_checkpoint)
 from recfm.compute import training_context
 from recfm.multitask.merge import ties_merge
@@ -227,11 +227,7 @@ class _TrainState:
 
     def restore(self, found: Checkpoint) -> tuple[int, float]:
         """Load ``found`` into the objects; returns (the step it was written after, seconds trained)."""
-        saved, now = found.state.get("config", {}), self.config.model_dump(mode="json")
-        changed = sorted(k for k in now if k not in RESUME_FREE and saved.get(k) != now[k])
-        if changed:
-            raise CheckpointError(f"the checkpoint was written with other settings ({', '.join(changed)}); "
-                                  "resume with the run's own config or start a new run")
+        check_same_config(found.state.get("config", {}), self.config.model_dump(mode="json"), RESUME_FREE)
         self.model.tmole.load_state_dict(found.tensors["adapter"])
         self.initial = found.tensors["initial"]
         load_optimizer_state(self.optimizer, found.tensors["optimizer"], found.state["optimizer"])
