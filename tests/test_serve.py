@@ -90,6 +90,10 @@ def test_bad_requests_get_clear_4xx(client, body, status, words):
 def test_malformed_json_and_oversized_bodies(client):
     r = client.post("/recommend", content=b'{"history": ["i1",', headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    r = client.post("/recommend", content=b'\x80', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not UTF-8" in r.json()["error"]
+    assert client.get("/recommend").status_code == 405 and "error" in client.get("/recommend").json()
+    assert client.get("/nowhere").status_code == 404 and "error" in client.get("/nowhere").json()
     r = client.post("/recommend", content=b"x" * (1 << 21), headers={"content-type": "application/json"})
     assert r.status_code == 413
     # streamed in chunks, with no content-length to check: counted as it arrives
@@ -258,3 +262,22 @@ def test_numeric_item_ids_are_read_as_ids(runs):
         assert as_numbers.status_code == 200, as_numbers.text
         assert as_numbers.json() == c.post("/recommend", json={"history": ["1", "2"], "k": 3}).json()
         assert c.post("/recommend", json={"history": [True]}).status_code == 422
+
+
+@pytest.fixture(scope="module")
+def textid_client(runs):
+    service = RecommendationService.from_run(runs / "textid", Limits(max_history=8, max_k=20))
+    with TestClient(create_app(service, max_batch=16, max_wait_ms=5)) as c:
+        yield c
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(bodies.map(lambda b: json.dumps(b).encode()), st.binary(max_size=64)), chunked=st.booleans(),
+       path=st.sampled_from(["/recommend", "/embed"]))
+def test_no_body_crashes_a_textid_server(textid_client, body, chunked, path):
+    """Any bytes, sent whole or in chunks, to a beam-search model: a 2xx/4xx/501 JSON answer."""
+    r = textid_client.post(path, content=iter([body[: len(body) // 2], body[len(body) // 2 :]]) if chunked else body,
+                           headers={"content-type": "application/json"})
+    assert r.status_code in (200, 400, 413, 422, 501), (body, r.text)
+    assert "error" in r.json() or r.status_code == 200
+    assert textid_client.get("/health").status_code == 200

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recfm import __version__
 from recfm.serve.batching import MAX_BATCH, MAX_QUEUE, MAX_WAIT_MS, MicroBatcher, Overloaded
@@ -139,6 +140,14 @@ def create_app(service: RecommendationService, max_batch: int = MAX_BATCH, max_w
     @app.exception_handler(RequestError)
     async def request_error(_: Request, e: RequestError):
         return _error(e.status, str(e))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException):
+        # FastAPI's own refusals (a body that is not UTF-8, an unknown path, a wrong method) in
+        # the same {"error": ...} form as every other error
+        message = "the body is not valid JSON (it is not UTF-8 text)" if e.detail == "There was an error parsing the body" \
+            else str(e.detail)
+        return JSONResponse(status_code=e.status_code, content={"error": message}, headers=getattr(e, "headers", None))
 
     @app.exception_handler(Overloaded)
     async def overloaded(_: Request, e: Overloaded):
