@@ -366,3 +366,18 @@ def test_minilm_alias_embeds_384_dims():
     assert vecs.shape == (3, 384)
     torch.testing.assert_close(vecs.norm(dim=1), torch.ones(3))
     assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2] + 0.3
+
+
+def test_a_pickled_adapter_beside_other_safetensors_is_refused(tmp_path):
+    """peft reads adapter_model.safetensors and, if it is missing, falls back to adapter_model.bin
+    (a pickle): another .safetensors file in the folder must not let that through."""
+    from recfm.models.loading import require_safetensors
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text("{}")
+    torch.save({"w": torch.zeros(1)}, folder / "adapter_model.bin")
+    (folder / "unrelated.safetensors").write_bytes(b"")
+    with pytest.raises(ModelNotAvailableError, match="no adapter_model.safetensors .*adapter_model.bin: pickle"):
+        require_safetensors(folder, "load_adapter", name="adapter_model.safetensors")
+    require_safetensors(folder, "load_adapter")  # without a name any .safetensors file counts

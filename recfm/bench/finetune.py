@@ -144,7 +144,7 @@ def load_adapter(scorer, path: str | Path):
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{path} holds no adapter_config.json (save adapters with finetune(..., output_dir))")
-    require_safetensors(path, "load_adapter")
+    require_safetensors(path, "load_adapter", name="adapter_model.safetensors")
     if isinstance(scorer.model, PeftModel):
         name = f"loaded_{len(scorer.model.peft_config)}"
         scorer.model.load_adapter(str(path), adapter_name=name, is_trainable=False)

@@ -80,14 +80,17 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
-def require_safetensors(folder: Path, what: str = "load") -> None:
+def require_safetensors(folder: Path, what: str = "load", name: str | None = None) -> None:
     """Local weights are read from safetensors only: a pickle file (``*.bin``, ``*.pt``) can run code
-    when loaded, so a folder holding weights in no other form is refused."""
+    when loaded, so a folder holding weights in no other form is refused. ``name``: the one
+    safetensors file the loader reads (e.g. peft's ``adapter_model.safetensors``), which must be
+    there itself, since a loader that misses it falls back to its pickle twin."""
     folder = Path(folder)
-    if not any(folder.glob("*.safetensors")):
+    if not ((folder / name).is_file() if name else any(folder.glob("*.safetensors"))):
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
         found = f" (it holds {', '.join(pickles)}: pickle files, which recfm never loads)" if pickles else ""
-        raise ModelNotAvailableError(f"{what}: {folder} holds no .safetensors weights{found}; convert them with "
+        wanted = name or ".safetensors weights"
+        raise ModelNotAvailableError(f"{what}: {folder} holds no {wanted}{found}; convert them with "
                                      "save_pretrained(..., safe_serialization=True) in a trusted environment")
 
 
