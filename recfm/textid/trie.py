@@ -440,6 +440,16 @@ class TokenTrie:
             self.__dict__["_subtree_items"] = cached
         return cached
 
+    @property
+    def _leaf_of_item(self) -> torch.Tensor:
+        """(CPU) item index -> its leaf node (-1 for no such item); built once, read on every search."""
+        cached = self.__dict__.get("_leaf_lookup")
+        if cached is None:
+            cached = torch.full((int(self.items.max()) + 1 if self.n_items else 1,), DEAD, dtype=torch.long)
+            cached[self.items.cpu()] = self.item_leaf.cpu()
+            self.__dict__["_leaf_lookup"] = cached
+        return cached
+
     def exclusion_edges(self, exclude: Sequence[Collection[int]]) -> ExcludedEdges:
         """The edges to forbid so that the search for prompt ``p`` can reach no item of
         ``exclude[p]``: those into the highest nodes whose every item is excluded (an excluded
@@ -447,8 +457,7 @@ class TokenTrie:
         Every other prefix still leads to an allowed item, so no beam is spent on an excluded
         one and none gets stuck. Unknown item ids are ignored."""
         n_slots = self.n_nodes + 1
-        lookup = torch.full((int(self.items.max()) + 1 if self.n_items else 1,), DEAD, dtype=torch.long)
-        lookup[self.items.cpu()] = self.item_leaf.cpu()
+        lookup = self._leaf_of_item
         counts = self.subtree_items.cpu()
         parent, token = self.node_parent.cpu(), self.node_token.cpu()
         keys, tokens = [], []
