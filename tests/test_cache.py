@@ -9,7 +9,7 @@ import pytest
 
 import recfm.data.registry as registry
 from recfm.data.cache import atomic_directory, cache_key, fingerprint_files
-from recfm.data.dataset import SequenceDataset
+from recfm.data.dataset import FORMAT_VERSION, SequenceDataset
 from recfm.data.preprocess import PrepConfig, preprocess
 from recfm.data.registry import load_dataset
 from recfm.data.schema import make_raw
@@ -76,7 +76,7 @@ def test_save_load_round_trip_synthetic(tmp_path):
         s.tolist() for s in (d.split().test.targets, d.split().train_interactions())
     ]
     meta = json.loads((tmp_path / "ds" / "meta.json").read_text())
-    assert meta["name"] == "rt" and meta["users"] == 3 and meta["format_version"] == 1
+    assert meta["name"] == "rt" and meta["users"] == 3 and meta["format_version"] == FORMAT_VERSION
 
 
 @pytest.mark.realdata

@@ -11,7 +11,7 @@ import polars as pl
 
 from recfm.data.split import LeaveOneOut, leave_one_out
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: loaders decode strictly (no replaced bytes, no NaN times): older caches are rebuilt
 
 
 @dataclass
@@ -32,6 +32,9 @@ class SequenceDataset:
     items: np.ndarray
     timestamps: np.ndarray
     _split: LeaveOneOut | None = field(default=None, repr=False, compare=False)
+    # Hash of the source files, format and preprocessing (the cache key); a run records it to
+    # notice when the data it is scored on is no longer the data it was trained on.
+    fingerprint: str = field(default="", compare=False)
 
     @property
     def n_items(self) -> int:
@@ -129,4 +132,5 @@ def concat_datasets(datasets: list[SequenceDataset], name: str | None = None) ->
         offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         items=np.concatenate(items).astype(np.int64),
         timestamps=np.concatenate(stamps).astype(np.float64),
+        fingerprint="+".join(ds.fingerprint for ds in datasets) if all(ds.fingerprint for ds in datasets) else "",
     )

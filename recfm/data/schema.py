@@ -11,13 +11,15 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from recfm.errors import RecfmError
+
 INTERACTION_SCHEMA = {"user_id": pl.String, "item_id": pl.String, "timestamp": pl.Float64}
 """Required interaction columns. ``timestamp`` may be null when a source only gives order."""
 
 OPTIONAL_INTERACTION_COLUMNS = {"rating": pl.Float64}
 
 
-class DataFormatError(ValueError):
+class DataFormatError(RecfmError, ValueError):
     """A source file does not match its format. The message names file, line and expectation."""
 
     def __init__(self, path, line: int | None, expected: str, got: str | None = None):
@@ -30,7 +32,7 @@ class DataFormatError(ValueError):
         self.path, self.line, self.expected = path, line, expected
 
 
-class EmptyDatasetError(ValueError):
+class EmptyDatasetError(RecfmError, ValueError):
     """Nothing is left after loading or filtering."""
 
 

@@ -32,7 +32,7 @@ def test_atomic_malformed_line(atomic_dir, write_file):
     with pytest.raises(DataFormatError, match=r"ml-100k\.inter:4: expected 3 tab-separated fields"):
         movielens.load_atomic(atomic_dir)
     write_file(atomic_dir / "ml-100k.inter", "user_id:token\titem_id:token\ttimestamp:float\n1\t2\t3\n1\t2\tlater\n")
-    with pytest.raises(DataFormatError, match=r"ml-100k\.inter:3: expected a number in column 'timestamp'"):
+    with pytest.raises(DataFormatError, match=r"ml-100k\.inter:3: expected a finite number in column 'timestamp'"):
         movielens.load_atomic(atomic_dir)
 
 

@@ -102,10 +102,10 @@ def test_bad_row_reports_its_line(tmp_path, write_file, body, line):
 
 def test_bad_timestamp_and_rating_report_their_line(tmp_path, write_file):
     f = write_file(tmp_path / "interactions.csv", 'user_id,item_id,timestamp,rating\nu,"a\nb",2021-01-01,1\nu,i,yesterday,2\n')
-    with pytest.raises(DataFormatError, match=r"interactions\.csv:4: expected a number or an ISO date/date-time in column 'timestamp', got 'yesterday'"):
+    with pytest.raises(DataFormatError, match=r"interactions\.csv:4: expected a finite number or an ISO date/date-time in column 'timestamp', got 'yesterday'"):
         tabular.load(f)
     f = write_file(tmp_path / "interactions.csv", "user_id,item_id,timestamp,rating\nu,i,1,1\nu,i,2,five\n")
-    with pytest.raises(DataFormatError, match=r"interactions\.csv:3: expected a number in column 'rating', got 'five'"):
+    with pytest.raises(DataFormatError, match=r"interactions\.csv:3: expected a finite number in column 'rating', got 'five'"):
         tabular.load(f)
 
 

@@ -3,17 +3,23 @@
 Detection tries the formats in table order on a folder (or a single file for tabular data):
 layouts recognised by fixed file names first, content-sniffed JSON layouts next, and the
 generic tables last, so that a more specific format always wins.
+
+Every loader in the table is wrapped so that a format error met in a gzipped file whose
+gzip stream is damaged is reported as the damaged stream (file, line, byte): a corrupt stream
+can inflate to garbage lines before the gzip check fails at its end.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from recfm.data.schema import RawDataset
-from recfm.data.sources import amazon, goodreads, grouplens, hm, mind, movielens, p5, tabular, yelp
+from recfm.errors import RecfmError
+from recfm.data.schema import DataFormatError, RawDataset
+from recfm.data.sources import _io, amazon, goodreads, grouplens, hm, mind, movielens, p5, tabular, yelp
 
 
 @dataclass(frozen=True)
@@ -24,8 +30,24 @@ class SourceFormat:
     load: Callable[..., RawDataset]
 
 
+def _gzip_checked(load: Callable[..., RawDataset]) -> Callable[..., RawDataset]:
+    """``load``, with a DataFormatError in a damaged gzip file replaced by the gzip error."""
+
+    @functools.wraps(load)
+    def checked(*args, **kwargs) -> RawDataset:
+        try:
+            return load(*args, **kwargs)
+        except DataFormatError as e:
+            damaged = _io.damaged_gzip(e.path) if e.path is not None and _io.is_gzip(e.path) else None
+            if damaged is None:
+                raise
+            raise damaged from None
+
+    return checked
+
+
 FORMATS: dict[str, SourceFormat] = {
-    f.name: f
+    f.name: replace(f, load=_gzip_checked(f.load))
     for f in [
         SourceFormat("recbole-atomic", "RecBole atomic files: NAME.inter (+ NAME.item)", movielens.detect_atomic, movielens.load_atomic),
         SourceFormat("p5-text", "P5/IDGenRec: user_sequence.txt + item text file", p5.detect, p5.load),
@@ -66,7 +88,7 @@ FORMATS: dict[str, SourceFormat] = {
 }
 
 
-class UnknownFormatError(ValueError):
+class UnknownFormatError(RecfmError, ValueError):
     pass
 
 

@@ -26,13 +26,14 @@ from __future__ import annotations
 import ast
 import html
 import json
+import math
 import re
 from pathlib import Path
 
 import polars as pl
 
 from recfm.data.schema import DataFormatError, EmptyDatasetError, RawDataset
-from recfm.data.sources._io import numbered_lines, open_text
+from recfm.data.sources._io import finite, numbered_lines, raw_open
 from recfm.data.sources.tabular import json_lines_frame
 
 _PARSE_ERRORS = (ValueError, SyntaxError, TypeError, RecursionError, MemoryError)
@@ -123,14 +124,15 @@ def _split_name(p: Path) -> tuple[str, str] | None:
 
 
 def _first_line(p: Path, limit: int = 1 << 16) -> str:
-    """The start (at most ``limit`` characters) of the first non-blank line, for sniffing."""
+    """The start (at most ``limit`` bytes) of the first non-blank line, for sniffing only: decoded
+    leniently, as nothing read here is kept (loading reads the file strictly)."""
     try:
-        with open_text(p) as fh:
+        with raw_open(p) as fh:
             for _ in range(100):
                 line = fh.readline(limit)
                 if not line or line.strip():
-                    return line
-    except (OSError, EOFError):
+                    return line.decode("utf-8", errors="replace")
+    except (OSError, DataFormatError):
         pass
     return ""
 
@@ -209,9 +211,10 @@ def detect(path: Path) -> bool:
 
 
 def _number(value) -> float | None:
+    """A finite number, or None when absent; ValueError for anything else (NaN and inf included)."""
     if value is None or value == "" or isinstance(value, bool):
         return None
-    return float(value)
+    return finite(float(value))
 
 
 def _utf8_repair(text: str) -> str:
@@ -247,7 +250,7 @@ def _price(value) -> str | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
-        return f"{value:.2f}" if value == value and value >= 0 else None
+        return f"{value:.2f}" if math.isfinite(value) and value >= 0 else None
     text = _text(value)
     return text if text and _PRICE.match(text) else None
 

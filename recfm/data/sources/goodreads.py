@@ -34,7 +34,7 @@ from pathlib import Path
 import polars as pl
 
 from recfm.data.schema import DataFormatError, EmptyDatasetError, RawDataset
-from recfm.data.sources._io import numbered_lines
+from recfm.data.sources._io import finite, numbered_lines
 from recfm.data.sources.tabular import json_lines_frame
 
 INTERACTIONS_PREFIX = "goodreads_interactions"
@@ -137,7 +137,7 @@ def _parse_interaction(path: Path, n: int, line: str) -> tuple:
             raise ValueError
         stamp = datetime.strptime(date.strip(), DATE_FORMAT).timestamp() if date.strip() else None
         rating = r.get("rating")
-        rating = 0.0 if rating in (None, "") else float(rating)
+        rating = 0.0 if rating in (None, "") else finite(float(rating))
         is_read = _flag(r.get("is_read"))
         return user, item, stamp, rating if rating > 0 else None, is_read or rating > 0
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError):

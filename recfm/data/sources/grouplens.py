@@ -10,9 +10,12 @@ Three layouts, recognised by file name inside one folder:
 - ML-20M / ML-25M / ml-latest: ``ratings.csv`` (``userId,movieId,rating,timestamp``) and
   ``movies.csv`` (``movieId,title,genres``), both with a header line.
 
-The ``.dat`` and ``u.item`` files of the older releases are latin-1; a file is decoded as
-UTF-8 when it is valid UTF-8 and as latin-1 otherwise (latin-1 never fails), which
-gives the same text for ML-1M/100K and keeps releases that moved to UTF-8 right.
+The ``.dat`` and ``u.item`` files of the older releases are latin-1; a catalog file is decoded
+as UTF-8 when it is valid UTF-8 and as latin-1 otherwise (latin-1 maps every byte to one
+character, so no two ids merge), which gives the same text for ML-1M/100K and keeps releases
+that moved to UTF-8 right. The ratings files hold numbers only: they are read as strict UTF-8,
+and a byte that is not UTF-8 fails with the file and line, as does a line with fewer than four
+fields or a rating or timestamp that is not a finite number (``nan``, ``inf``).
 
 Catalog fields, in rendering order: ``title``, ``genres`` (names joined with ", "),
 ``year`` (from a trailing "(1995)" in the title, else from the release date).
@@ -20,14 +23,13 @@ Catalog fields, in rendering order: ``title``, ``genres`` (names joined with ", 
 
 from __future__ import annotations
 
-import gzip
 import re
 from pathlib import Path
 
 import polars as pl
 
 from recfm.data.schema import DataFormatError, EmptyDatasetError, RawDataset
-from recfm.data.sources._io import find_one, numbered_lines
+from recfm.data.sources._io import find_one, finite, numbered_lines, read_bytes
 
 ML100K_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
@@ -63,7 +65,7 @@ def detect(path: Path) -> bool:
 
 def _decoded_lines(path: Path):
     """(1-based line number, line) of a UTF-8-or-latin-1 file, skipping blank lines."""
-    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    data = read_bytes(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -91,7 +93,7 @@ def _ratings_lines(path: Path, sep: str, expected: str):
         try:
             if len(parts) < 4 or not parts[0].strip() or not parts[1].strip():
                 raise ValueError
-            rating, stamp = float(parts[2]), float(parts[3])
+            rating, stamp = finite(float(parts[2])), finite(float(parts[3]))
         except ValueError:
             raise DataFormatError(path, n, expected, line) from None
         users.append(parts[0].strip())
@@ -146,7 +148,8 @@ def _u_item(path: Path) -> pl.DataFrame:
 def _ratings_csv(path: Path) -> dict:
     from recfm.data.sources.tabular import read_table, require_columns, to_float
 
-    df = read_table(path, sep=",", required=["userId", "movieId"])
+    # every field required: a short line is an error (polars would pad it with nulls), not a null timestamp
+    df = read_table(path, sep=",", required=["userId", "movieId", "rating", "timestamp"])
     require_columns(path, df, ["userId", "movieId", "rating", "timestamp"])
     if df.height == 0:
         raise EmptyDatasetError(f"{path}: no ratings (only a header line)")

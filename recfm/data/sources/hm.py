@@ -95,14 +95,14 @@ def _transactions(path: Path) -> pl.DataFrame:
     try:
         df = (
             pl.scan_csv(
-                path, has_header=False, skip_rows=1, schema=schema, encoding="utf8-lossy",
+                path, has_header=False, skip_rows=1, schema=schema, encoding="utf8",
                 truncate_ragged_lines=True, missing_columns="insert",
             )
             .with_row_index("_row")
             .select(pl.col("_row").cast(pl.Int64), *(pl.col(c).str.strip_chars() for c in (*_USED, "_extra")))
             .collect()
         )
-    except pl.exceptions.PolarsError as e:  # e.g. broken quoting: the generic reader names the line
+    except pl.exceptions.PolarsError as e:  # e.g. broken quoting or not UTF-8: the generic reader names the line
         read_table(path, sep=",", required=list(_USED))
         raise DataFormatError(path, None, "a comma-separated table with a header line", str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     df = df.filter(pl.any_horizontal([pl.col(c).is_not_null() & (pl.col(c) != "") for c in (*_USED, "_extra")]))  # blank lines

@@ -34,7 +34,7 @@ from pathlib import Path
 import polars as pl
 
 from recfm.data.schema import DataFormatError, EmptyDatasetError, RawDataset
-from recfm.data.sources._io import numbered_lines, open_text
+from recfm.data.sources._io import check_text, numbered_lines, open_text
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,14 @@ def _behaviors(path: Path) -> pl.DataFrame:
         df = (
             pl.scan_csv(
                 path, separator="\t", has_header=False, schema=schema, quote_char=None, empty_string_is_null=False,
-                encoding="utf8-lossy", truncate_ragged_lines=True, missing_columns="insert",
+                encoding="utf8", truncate_ragged_lines=True, missing_columns="insert",
             )
             .with_row_index("_row")
             .select(pl.col("_row").cast(pl.Int64), *(e.alias(c) for c, e in text.items()))
             .collect()
         )
     except pl.exceptions.PolarsError as e:
+        check_text(path)  # bytes that are not UTF-8: DataFormatError at their line
         raise DataFormatError(path, None, _FIELDS_EXPECTED, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     # blank lines come back as rows of empty strings (kept in _row numbering)
     df = df.filter(pl.any_horizontal([pl.col(c) != "" for c in text]))

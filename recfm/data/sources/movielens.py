@@ -1,4 +1,8 @@
-"""MovieLens in RecBole atomic files (``NAME.inter`` / ``NAME.item`` with ``field:type`` headers)."""
+"""MovieLens in RecBole atomic files (``NAME.inter`` / ``NAME.item`` with ``field:type`` headers).
+
+Files are strict UTF-8 (a byte that is not fails with the file and line); ``timestamp`` and
+``rating`` must be finite numbers or empty (``nan`` and ``inf`` fail with the file and line).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from recfm.data.schema import DataFormatError, EmptyDatasetError, RawDataset
-from recfm.data.sources._io import numbered_lines
+from recfm.data.sources._io import finite, numbered_lines
 
 # RecBole field names -> our schema. Unknown columns are ignored.
 _INTER_FIELDS = {"user_id": "user_id", "item_id": "item_id", "timestamp": "timestamp", "rating": "rating"}
@@ -57,9 +61,9 @@ def load_atomic(path: Path, name: str | None = None) -> RawDataset:
             values = []
             for v, n in zip(cols[col], line_numbers):
                 try:
-                    values.append(float(v) if v != "" else None)
+                    values.append(finite(float(v)) if v != "" else None)
                 except ValueError:
-                    raise DataFormatError(inter_file, n, f"a number in column '{col}'", v) from None
+                    raise DataFormatError(inter_file, n, f"a finite number in column '{col}'", v) from None
             cols[col] = values
     if "timestamp" not in cols:
         cols["timestamp"] = [None] * len(rows)

@@ -11,13 +11,12 @@ date/datetime columns are converted the same way.
 
 Errors name the file, the line (1 for the header) and what was expected: a mapped column
 that is missing, a line with the wrong number of fields, an empty id, a value that is not a
-number or a date.
+(finite) number or a date, bytes that are not UTF-8, a truncated or corrupt gzip file.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Callable, Iterator
 import polars as pl
 
 from recfm.data.schema import DataFormatError, EmptyDatasetError, RawDataset
-from recfm.data.sources._io import find_one, open_text
+from recfm.data.sources._io import READ_ERRORS, find_one, open_text, raw_lines, raw_open, read_error
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".parquet", ".pq", ".csv.gz", ".tsv.gz", ".tab.gz")
 INTERACTION_FILES = ["interactions.parquet", "interactions.csv", "interactions.tsv", "interactions.csv.gz", "interactions.tsv.gz"]
@@ -110,9 +109,8 @@ def _rescan(path: Path, sep: str, required: list[str] = ()) -> None:
 
 def _physical_lines(path: Path) -> int:
     """Number of lines in a (possibly gzipped) file, counted in chunks."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
     count, last = 0, b"\n"
-    with opener(path, "rb") as fh:
+    with raw_open(path) as fh:
         while chunk := fh.read(1 << 24):
             count += chunk.count(b"\n")
             last = chunk[-1:]
@@ -154,12 +152,12 @@ def read_table(path: Path, sep: str | None = None, required: list[str] = ()) -> 
         raise EmptyDatasetError(f"{path}: the file is empty (expected a header line and data rows)")
     try:
         df = pl.read_csv(
-            path, separator=sep, infer_schema=False, quote_char=None if sep == "\t" else '"', encoding="utf8-lossy",
+            path, separator=sep, infer_schema=False, quote_char=None if sep == "\t" else '"', encoding="utf8",
         )
     except pl.exceptions.NoDataError:
         raise EmptyDatasetError(f"{path}: the file is empty (expected a header line and data rows)") from None
     except Exception as e:  # noqa: BLE001 - polars' messages lack line numbers: find the line ourselves
-        _rescan(path, sep, required)
+        _rescan(path, sep, required)  # also reads every byte: not UTF-8, or a damaged gzip stream, raise here
         raise DataFormatError(path, None, f"a {_sep_name(sep)}-separated table with a header line", str(e).splitlines()[0]) from None
     exact = _physical_lines(path) == df.height + 1  # else quoted line breaks (or trailing blank lines)
     df = df.with_row_index(LINE, offset=2).with_columns(pl.col(LINE).cast(pl.Int64))
@@ -197,18 +195,28 @@ def _where(path: Path, df: pl.DataFrame, row: int) -> tuple[int | None, str]:
     return (int(line) if line is not None else None), ("" if line is not None else f" (row {row + 1})")
 
 
+def _finite(path: Path, df: pl.DataFrame, column: str, values: pl.Series, expected: str) -> pl.Series:
+    """``values`` (Float64, one per row of ``df``); NaN or +-inf raises DataFormatError at its line."""
+    bad = (values.is_nan() | values.is_infinite()).fill_null(False).arg_true()
+    if len(bad):
+        line, row = _where(path, df, int(bad[0]))
+        raise DataFormatError(path, line, f"{expected} in column '{column}'{row}", str(df.get_column(column)[int(bad[0])]))
+    return values.alias(column)
+
+
 def to_float(path: Path, df: pl.DataFrame, column: str) -> pl.Series:
-    """A column as Float64; a non-empty value that is not a number raises DataFormatError at its line."""
+    """A column as Float64; a non-empty value that is not a finite number raises DataFormatError at its line."""
     col = df.get_column(column)
+    expected = "a finite number"
     if col.dtype.is_numeric():
-        return col.cast(pl.Float64)
+        return _finite(path, df, column, col.cast(pl.Float64), expected)
     text = col.cast(pl.String).str.strip_chars()
     values = text.cast(pl.Float64, strict=False)
     bad = (values.is_null() & text.is_not_null() & (text != "")).arg_true()
     if len(bad):
         line, row = _where(path, df, int(bad[0]))
-        raise DataFormatError(path, line, f"a number in column '{column}'{row}", text[int(bad[0])])
-    return values.alias(column)
+        raise DataFormatError(path, line, f"{expected} in column '{column}'{row}", text[int(bad[0])])
+    return _finite(path, df, column, values, expected)
 
 
 def _parse_time(value: str) -> float:
@@ -223,10 +231,12 @@ def _parse_time(value: str) -> float:
 
 
 def to_timestamp(path: Path, df: pl.DataFrame, column: str) -> pl.Series:
-    """A time column as unix seconds (Float64): numbers as given, ISO dates/date-times converted."""
+    """A time column as unix seconds (Float64): numbers as given, ISO dates/date-times converted.
+    NaN and +-inf raise DataFormatError at their line."""
     col = df.get_column(column)
+    expected = "a finite number or an ISO date/date-time"
     if col.dtype.is_numeric():
-        return col.cast(pl.Float64)
+        return _finite(path, df, column, col.cast(pl.Float64), expected)
     if col.dtype == pl.Date:
         col = col.cast(pl.Datetime("us"))
     if isinstance(col.dtype, pl.Datetime):
@@ -234,7 +244,7 @@ def to_timestamp(path: Path, df: pl.DataFrame, column: str) -> pl.Series:
     text = col.cast(pl.String).str.strip_chars()
     numbers = text.cast(pl.Float64, strict=False)
     if numbers.null_count() == text.null_count():
-        return numbers.alias(column)
+        return _finite(path, df, column, numbers, expected)
     mapping = {}
     for i, value in enumerate(text.to_list()):
         if value is None or value == "" or value in mapping:
@@ -243,8 +253,8 @@ def to_timestamp(path: Path, df: pl.DataFrame, column: str) -> pl.Series:
             mapping[value] = _parse_time(value)
         except ValueError:
             line, row = _where(path, df, i)
-            raise DataFormatError(path, line, f"a number or an ISO date/date-time in column '{column}'{row}", value) from None
-    return text.replace_strict(mapping, default=None, return_dtype=pl.Float64).alias(column)
+            raise DataFormatError(path, line, f"{expected} in column '{column}'{row}", value) from None
+    return _finite(path, df, column, text.replace_strict(mapping, default=None, return_dtype=pl.Float64), expected)
 
 
 def _text_column(path: Path, df: pl.DataFrame, column: str) -> pl.Expr | None:
@@ -334,17 +344,16 @@ def load(
 
 
 def _line_chunks(path: Path, size: int) -> Iterator[tuple[int, list[bytes]]]:
-    """(line number of the first line, raw lines) in chunks of ``size`` lines."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        start, chunk = 1, []
-        for line in fh:
-            chunk.append(line)
-            if len(chunk) == size:
-                yield start, chunk
-                start, chunk = start + size, []
-        if chunk:
+    """(line number of the first line, raw lines) in chunks of ``size`` lines; a damaged gzip
+    stream raises DataFormatError naming the line where it breaks."""
+    start, chunk = 1, []
+    for line in raw_lines(path):
+        chunk.append(line)
+        if len(chunk) == size:
             yield start, chunk
+            start, chunk = start + size, []
+    if chunk:
+        yield start, chunk
 
 
 def json_lines_frame(
@@ -362,7 +371,8 @@ def json_lines_frame(
     polars rejects or ``convert`` refuses is re-read line by line with the lenient
     ``parse_line(line_number, line) -> row tuple``, which raises DataFormatError naming the
     line: polars gives speed, the Python path gives exact errors and tolerance (numbers
-    given as strings, Python literals, NaN).
+    given as strings, Python literals). Bytes that are not UTF-8 raise DataFormatError at
+    their line (polars rejects them too): they are never replaced.
     """
     path = Path(path)
     frames = []
@@ -378,7 +388,10 @@ def json_lines_frame(
         if df is None:
             rows = []
             for n, raw in enumerate(lines, start=start):
-                text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                try:
+                    text = raw.decode("utf-8").rstrip("\r\n")
+                except READ_ERRORS as e:
+                    raise read_error(path, e) from None
                 if text.strip():
                     rows.append(parse_line(n, text))
             df = pl.DataFrame(rows, schema=out_schema, orient="row")

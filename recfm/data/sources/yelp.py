@@ -5,7 +5,9 @@
 without a zone, read as UTC to get unix seconds).
 ``yelp_academic_dataset_business.json`` (optional): ``business_id``, ``name``,
 ``categories`` (one comma-separated string), ``city``, ``state``, ``stars``. Attributes,
-hours, users, tips and check-ins are ignored. Files may be gzipped (``.json.gz``).
+hours, users, tips and check-ins are ignored. Files may be gzipped (``.json.gz``). Files are
+strict UTF-8; a byte that is not, a ``stars`` that is not a finite number or a truncated gzip
+file fails with the file and line.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from recfm.data.schema import DataFormatError, EmptyDatasetError, RawDataset
-from recfm.data.sources._io import find_one, numbered_lines
+from recfm.data.sources._io import find_one, finite, numbered_lines
 from recfm.data.sources.tabular import json_lines_frame
 
 REVIEW_FILES = ["yelp_academic_dataset_review.json", "yelp_academic_dataset_review.json.gz"]
@@ -55,7 +57,7 @@ def _parse_review(path: Path, n: int, line: str) -> tuple:
         if not isinstance(user, str) or not isinstance(item, str) or not user or not item:
             raise ValueError
         stars = r.get("stars")
-        return user, item, _unix(r["date"]), None if stars is None else float(stars)
+        return user, item, _unix(r["date"]), None if stars is None else finite(float(stars))
     except (ValueError, TypeError, KeyError, AttributeError):
         raise DataFormatError(path, n, _EXPECTED, line) from None
 
