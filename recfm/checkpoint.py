@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from recfm.errors import RecfmError
 from recfm.data.cache import atomic_directory, atomic_write_json
 
 LATEST = "latest.json"
@@ -37,7 +38,7 @@ STATE = "state.json"
 CRASH_ENV = "RECFM_CRASH_AFTER_CHECKPOINT"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RecfmError, RuntimeError):
     pass
 
 

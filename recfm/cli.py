@@ -17,10 +17,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from recfm import __version__
 from recfm.config import ConfigError
-from recfm.data.registry import DATASETS, DatasetNotFoundError, load_dataset, resolve
-from recfm.data.schema import DataFormatError, EmptyDatasetError
-from recfm.data.sources import FORMATS, UnknownFormatError
+from recfm.data.registry import DATASETS, load_dataset, resolve
+from recfm.data.sources import FORMATS
+from recfm.errors import RecfmError
 from recfm.serve.batching import MAX_BATCH, MAX_QUEUE, MAX_WAIT_MS
 
 app = typer.Typer(help="recfm: recommendation foundation models on one data layer and one protocol.", no_args_is_help=True)
@@ -34,21 +35,36 @@ app.add_typer(multitask_app, name="multitask")
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 150)
 
-USER_ERRORS = (ConfigError, DatasetNotFoundError, DataFormatError, EmptyDatasetError, UnknownFormatError, FileNotFoundError)
+# Every error a user can fix derives from RecfmError; a missing file named on the command line too.
+USER_ERRORS = (RecfmError, FileNotFoundError)
 METRIC_COLUMNS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr")
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
-    )
+    level = logging.INFO if verbose else logging.WARNING
+    handler = RichHandler(console=console, show_path=False, show_time=False, level=level)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    # The recfm logger stays at INFO so that a run's train.log gets everything; the console
+    # handler's own level decides what --quiet hides.
     logging.getLogger("recfm").setLevel(logging.INFO)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import platform
+
+        import torch
+
+        out.print(f"recfm {__version__} (torch {torch.__version__}, python {platform.python_version()})")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: bool = typer.Option(True, "--verbose/--quiet", help="log progress to stderr")) -> None:
+def main(
+    verbose: bool = typer.Option(True, "--verbose/--quiet", help="log progress to stderr (--quiet: warnings only)"),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
     _setup_logging(verbose)
     if not verbose:  # transformers' per-load progress bars too
         import os
@@ -76,16 +92,6 @@ def user_errors():
     except USER_ERRORS as e:
         _print_error(e)
         raise typer.Exit(2) from None
-    except Exception as e:
-        from recfm.checkpoint import CheckpointError
-        from recfm.distributed import UnsupportedLaunch
-        from recfm.multitask.run import MultiTaskRunError
-        from recfm.runs import RunError
-
-        if isinstance(e, (RunError, CheckpointError, MultiTaskRunError, UnsupportedLaunch)):
-            _print_error(e)
-            raise typer.Exit(2) from None
-        raise
 
 
 @contextmanager
@@ -150,15 +156,28 @@ def data_prepare(
 
 # -- models ----------------------------------------------------------------------------
 @app.command("models")
-def models() -> None:
-    """Trainable models and their configuration fields."""
+def models(
+    model: Optional[str] = typer.Argument(None, help="show one model only"),
+) -> None:
+    """Trainable models: every configuration field with its type, default and description, and the
+    presets (configs/MODEL-DATASET.yaml) that override fields per dataset."""
     from recfm.baselines import MODELS
+    from recfm.config_docs import describe_fields, preset_overrides
 
+    if model is not None and model not in MODELS:
+        _print_error(ConfigError(f"unknown model '{model}'; available: {', '.join(MODELS)}"))
+        raise typer.Exit(2)
     for entry in MODELS.values():
-        out.print(f"[bold]{entry.name}[/]: {entry.description}")
-        for field, info in entry.config.model_fields.items():
-            if field != "name":
-                out.print(f"    {field} = {info.default!r}")
+        if model is not None and entry.name != model:
+            continue
+        table = Table(title=f"{entry.name}: {entry.description}", title_justify="left")
+        for col in ("field", "type", "default", "description"):
+            table.add_column(col, overflow="fold")
+        for row in describe_fields(entry.config):
+            table.add_row(*row)
+        out.print(table)
+        for preset, fields in preset_overrides(entry.name):
+            out.print(f"    preset {preset}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
 
 
 @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -167,19 +186,64 @@ def train(
     model: str = typer.Argument(..., help="model name (see `recfm models`)"),
     dataset: str = typer.Option(..., "--dataset", "-d", help="registered name or folder path"),
     output: Path = typer.Option(..., "--output", "-o", help="run directory to create"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config layered over the defaults"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="YAML config layered over the defaults and the shipped preset"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory (only the files a run writes)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last checkpoint"),
+    no_preset: bool = typer.Option(False, "--no-preset", help="skip the shipped preset configs/MODEL-DATASET.yaml: bare defaults"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="e.g. 0,1,2: one run per seed in OUTPUT/seed-N, "
+                                        "mean ± std of every metric in OUTPUT/seeds.json"),
 ) -> None:
-    """Train MODEL on a dataset, select on validation, score test once. Extra args are key=value overrides."""
+    """Train MODEL on a dataset, select on validation, score test once. Extra args are key=value overrides.
+
+    Layers, lowest first: model defaults < preset configs/MODEL-DATASET.yaml (if shipped) < --config < overrides."""
     from recfm.runs import train_run
 
+    if seeds is not None:
+        from recfm.reports import parse_seeds, train_seeds
+
+        with user_errors(), progress_bars() as bars:
+            summary = train_seeds(model, dataset, output, parse_seeds(seeds), config, ctx.args, overwrite=overwrite,
+                                  progress=bars, resume=resume, log=logging.getLogger("recfm.run").info,
+                                  use_preset=not no_preset)
+        from recfm.distributed import is_main
+
+        if is_main():
+            _print_metrics_table([summary], title=f"{model} on {summary['dataset']}, mean ± std over seeds {seeds} "
+                                 f"(runs: {output}/seed-N)")
+        return
     with user_errors(), progress_bars() as bars:
-        metrics = train_run(model, dataset, output, config, ctx.args, overwrite=overwrite, progress=bars, resume=resume)
+        metrics = train_run(model, dataset, output, config, ctx.args, overwrite=overwrite, progress=bars, resume=resume,
+                            use_preset=not no_preset)
     from recfm.distributed import is_main
 
     if is_main():  # under torchrun every process gets here with the same metrics
         _print_metrics_table([metrics], title=f"{model} on {metrics['dataset']} (run: {output})")
+
+
+@app.command("tune")
+def tune_cmd(
+    model: str = typer.Argument(..., help="model name (see `recfm models`)"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="registered name or folder path"),
+    space: Path = typer.Option(..., "--space", "-s", help="search space YAML (params: and fixed:, see docs/protocol.md)"),
+    trials: int = typer.Option(20, "--trials", "-n", min=1, help="trials in all, counting those a resumed search has done"),
+    output: Path = typer.Option(..., "--output", "-o", help="search folder: study.db, trials/, reports, best.yaml"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config under every trial"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="stop starting trials after this many minutes"),
+    seed: int = typer.Option(0, "--seed", help="seed of the TPE sampler"),
+) -> None:
+    """Search hyper-parameters on validation (Optuna TPE, median pruning); resumable; test scored once, for the best trial."""
+    from recfm.tune import tune
+
+    with user_errors(), progress_bars() as bars:
+        summary = tune(model, dataset, space, trials, output, config_file=config, timeout_minutes=timeout, seed=seed,
+                       progress=bars)
+    out.print((output / "trials.md").read_text())
+    out.print(f"best trial {summary['best_trial']}: valid {summary['metric']} {summary['best_valid']:.5f}, "
+              f"params {summary['best_params']}")
+    out.print(f"test (scored once, best trial only): " + " ".join(f"{k}={v:.4f}" for k, v in summary["test"].items()
+                                                                 if isinstance(v, float)))
+    out.print(f"best config: {output / 'best.yaml'} (recfm train {model} -d {dataset} --config it)")
 
 
 @app.command("evaluate")
@@ -191,14 +255,20 @@ def evaluate_cmd(
     max_cases: Optional[int] = typer.Option(None, "--max-cases", min=1, help="score a seeded sample of this many cases per split"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="also write the metrics to this JSON file"),
+    allow_data_change: bool = typer.Option(False, "--allow-data-change",
+                                           help="score even if the run's dataset changed since training"),
 ) -> None:
     """Re-load a trained run and score validation and test with its recorded protocol."""
     from recfm.data.cache import atomic_write_json
     from recfm.runs import evaluate_run
 
+    if output is not None and output.is_dir():
+        _print_error(ConfigError(f"--output {output} is a folder: give a file name for the metrics JSON"))
+        raise typer.Exit(2)
     with user_errors(), progress_bars() as bars:
         metrics = evaluate_run(run, progress=bars, exclude_history=exclude_history, dataset=dataset,
-                               splits=tuple(x.strip() for x in splits.split(",") if x.strip()), max_cases=max_cases)
+                               splits=tuple(x.strip() for x in splits.split(",") if x.strip()), max_cases=max_cases,
+                               allow_data_change=allow_data_change)
     if output is not None:
         atomic_write_json(output, metrics)
     if as_json:
@@ -212,19 +282,52 @@ def recommend(
     run: Path = typer.Option(..., "--run", "-r", help="run directory made by `recfm train`"),
     history: Optional[str] = typer.Option(None, "--history", help="comma-separated item ids of the dataset, oldest first"),
     user: Optional[str] = typer.Option(None, "--user", help="a dataset user: recommend after all but their last item"),
-    k: int = typer.Option(10, "--k", "-k", min=1),
-    exclude_history: bool = typer.Option(False, "--exclude-history", help="never recommend an item of the history"),
+    titles: Optional[list[str]] = typer.Option(
+        None, "--title", "--titles", help="the history as free-text titles, oldest first: repeat the option, one title "
+        "each (--title 'Toy Story' --title 'Matrix, The'); a title without an exact or high-confidence match is "
+        "refused with the closest catalog titles unless --fuzzy"),
+    fuzzy: bool = typer.Option(False, "--fuzzy", help="with --title: take the closest catalog title (shown with its "
+                               "score) for a title without a confident match"),
+    k: int = typer.Option(10, "--k", "-k", min=1, help="items to return (a textid run answers at most its search beam)"),
+    exclude_history: bool = typer.Option(False, "--exclude-history", help="never recommend an item of the history "
+                                         "(off by default here, as in the evaluation protocol; `recfm serve` "
+                                         "excludes the history by default)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    all_users: bool = typer.Option(False, "--all-users", help="every user of the dataset, after their WHOLE sequence "
+                                   "(what comes next), written to -o FILE"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="with --all-users: FILE.parquet or FILE.csv "
+                                          "(columns user, rank, item, score)"),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="with --all-users: users per model call and per written batch"),
+    allow_data_change: bool = typer.Option(False, "--allow-data-change",
+                                           help="recommend even if the run's dataset changed since training"),
 ) -> None:
-    """Top-K items of a trained run for a history: item ids, textual IDs (textid runs), titles, scores."""
+    """Top-K items of a trained run for a history: item ids, textual IDs (textid runs), titles, scores.
+    With --all-users: every user's top K, streamed to a Parquet or CSV file."""
     from recfm.runs import recommend_items
 
-    if (history is None) == (user is None):
-        _print_error(ValueError("give exactly one of --history ITEM,ITEM,... or --user USER_ID"))
+    if all_users or output is not None:
+        if not all_users or output is None or history is not None or user is not None or titles:
+            _print_error(ValueError("--all-users needs -o FILE.parquet|FILE.csv and takes neither --history nor --user"))
+            raise typer.Exit(2)
+        from recfm.batch import recommend_all_users
+
+        with user_errors(), progress_bars() as bars:
+            summary = recommend_all_users(run, output, k=k, exclude_history=exclude_history, batch_size=batch_size,
+                                          progress=bars, allow_data_change=allow_data_change)
+        if as_json:
+            out.print_json(json.dumps(summary))
+        else:
+            out.print(Text(f"wrote {summary['rows']} recommendations ({summary['users']} users, top {summary['k']}, "
+                           f"after each user's whole sequence{', history excluded' if exclude_history else ''}) "
+                           f"to {summary['output']}"), soft_wrap=True)
+        return
+    if (history is not None) + (user is not None) + bool(titles) != 1:
+        _print_error(ValueError("give exactly one of --history ITEM,ITEM,..., --title TITLE (repeated) or --user USER_ID"))
         raise typer.Exit(2)
     items = [h.strip() for h in history.split(",") if h.strip()] if history is not None else None
     with user_errors():
-        result = recommend_items(run, items, k, user=user, exclude_history=exclude_history)
+        result = recommend_items(run, items, k, user=user, titles=titles or None, fuzzy=fuzzy,
+                                 exclude_history=exclude_history, allow_data_change=allow_data_change)
     if as_json:
         out.print_json(json.dumps(result))
         return
@@ -244,6 +347,13 @@ def _print_recommendations(result: dict, k: int, run: Path) -> None:
         hist.add_row(h["item_id"], h["textual_id"] or "-", h["title"])
     for r in result["recommendations"]:
         recs.add_row(str(r["rank"]), r["item_id"], r["textual_id"] or "-", r["title"], f"{r['score']:.4f}")
+    if result.get("resolved"):
+        matched = Table(title="titles matched to the catalog (score 1.0: the same title up to case, punctuation, year, article)")
+        for col in ("given", "item id", "catalog title", "score", "exact"):
+            matched.add_column(col)
+        for m in result["resolved"]:
+            matched.add_row(m["given"], m["item_id"], m["title"], f"{m['score']:.3f}", "yes" if m["exact"] else "no")
+        out.print(matched)
     out.print(hist)
     out.print(recs)
     if result["held_out"]:
@@ -254,33 +364,46 @@ def _print_recommendations(result: dict, k: int, run: Path) -> None:
 
 
 @app.command("compare")
-def compare(runs: list[Path] = typer.Argument(..., help="run directories")) -> None:
-    """One table of the test metrics of several runs."""
-    rows = []
-    for r in runs:
-        path = r / "metrics.json"
-        if not path.is_file():
-            console.print(f"[bold red]error:[/] {r} has no metrics.json")
-            raise typer.Exit(2)
-        rows.append(json.loads(path.read_text()))
-    _print_metrics_table(rows, title="test metrics (leave-one-out, full ranking)")
+def compare(
+    runs: list[Path] = typer.Argument(..., help="run directories, metrics.json files or `train --seeds` folders"),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f",
+                                      help="table (terminal, the default) | md | csv | json (default with -o: from its extension)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the md/csv/json to this file instead of stdout"),
+    mixed: bool = typer.Option(False, "--mixed", help="table runs scored under different protocols (one protocol line each)"),
+    per_seed: bool = typer.Option(False, "--per-seed", help="one row per seed run instead of their mean ± std"),
+) -> None:
+    """One table of the valid and test metrics of several runs, with the protocol they were scored under.
+
+    Runs scored under different protocols are refused unless --mixed; runs that differ only in their
+    seed become mean ± std rows."""
+    from recfm.data.cache import atomic_write_text
+    from recfm.reports import ReportError, compare_report, notes, output_format, render, rich_table
+
+    with user_errors():
+        kind = output_format(fmt, output)
+        report = compare_report(runs, mixed=mixed, aggregate=not per_seed)
+        if kind == "table":
+            out.print(rich_table(report))
+            for line in notes(report):
+                out.print(Text(line), soft_wrap=True)
+            return
+        text = render(report, kind)
+        if output is None:
+            typer.echo(text, nl=False)
+            return
+        if output.is_dir():
+            raise ReportError(f"-o {output} is a folder: give a file name")
+        atomic_write_text(output, text)
+    console.print(f"wrote {output} ({kind}, {len(report.entries)} runs)")
 
 
-def _print_metrics_table(rows: list[dict], title: str) -> None:
-    table = Table(title=title)
-    for col in ("model", "dataset", "split", *METRIC_COLUMNS, "train s"):
-        table.add_column(col, justify="right" if col not in ("model", "dataset", "split") else "left")
-    for m in rows:
-        for split in ("valid", "test"):
-            if split not in m:
-                continue
-            vals = [f"{m[split][c]:.4f}" if c in m[split] else "-" for c in METRIC_COLUMNS]
-            secs = f"{m['train_seconds']:.0f}" if "train_seconds" in m and split == "test" else ""
-            table.add_row(m["model"], m["dataset"], split, *vals, secs)
-    out.print(table)
-    if rows:
-        p = rows[0]["protocol"]
-        out.print(f"protocol: {p['ranking']}; exclude_history={p['exclude_history']}; {p['selection']}")
+def _print_metrics_table(rows: list[dict], title: str, runs: Optional[list[str]] = None) -> None:
+    from recfm.reports import notes, report_from_metrics, rich_table
+
+    report = report_from_metrics(rows, title=title, runs=runs)
+    out.print(rich_table(report))
+    for line in notes(report):
+        out.print(Text(line), soft_wrap=True)
 
 
 @app.command("demo")
@@ -328,11 +451,18 @@ def bench_run(
     from recfm.bench.report import leaderboard, read_cells, write_reports
     from recfm.bench.runner import BenchRunner, load_config
 
+    from pydantic import ValidationError
+
+    from recfm.bench.runner import BenchConfig
+    from recfm.errors import describe_validation_error
+
     with user_errors():
         try:
             cfg = load_config(config)
-        except Exception as e:  # pydantic lists every bad field
-            raise ConfigError(f"{config}: {e}") from None
+        except ValidationError as e:
+            raise ConfigError(f"{config}: {describe_validation_error(e, BenchConfig)}") from None
+        except (OSError, UnicodeDecodeError, ValueError) as e:  # unreadable, not UTF-8, not YAML
+            raise ConfigError(f"{config}: {' '.join(str(e).split())}") from None
         runner = BenchRunner(cfg, output, log_fn=logging.getLogger("recfm.bench").info)
         runner.run()
         paths = write_reports(runner.output)
@@ -369,10 +499,17 @@ def _multitask_config(config: Optional[Path], overrides: list[str]):
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    from pydantic import ValidationError
+
+    from recfm.errors import describe_validation_error
+    from recfm.multitask.run import MultiTaskRunConfig
+
     try:
         return load_run_config(config, nested)
-    except Exception as e:  # pydantic lists every bad field
-        raise ConfigError(f"{config or 'defaults'}: {e}") from None
+    except ValidationError as e:
+        raise ConfigError(f"{config or 'defaults'}: {describe_validation_error(e, MultiTaskRunConfig)}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # unreadable, not UTF-8, not YAML
+        raise ConfigError(f"{config or 'defaults'}: {' '.join(str(e).split())}") from None
 
 
 @multitask_app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -425,6 +562,8 @@ def serve(
     max_history: int = typer.Option(200, "--max-history", min=1, help="longer histories are refused (413)"),
     max_queue: int = typer.Option(MAX_QUEUE, "--max-queue", min=1, help="requests waiting beyond this are refused (503)"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: all cores)"),
+    allow_data_change: bool = typer.Option(False, "--allow-data-change",
+                                           help="serve even if the run's dataset changed since training"),
 ) -> None:
     """HTTP API of a trained run: POST /recommend, POST /embed, GET /health; OpenAPI at /docs."""
     import torch
@@ -435,7 +574,7 @@ def serve(
     if threads:
         torch.set_num_threads(threads)
     with user_errors():
-        service = RecommendationService.from_run(run, Limits(max_history=max_history))
+        service = RecommendationService.from_run(run, Limits(max_history=max_history), allow_data_change=allow_data_change)
     import gc
 
     # The loaded model, catalog and libraries are long-lived: moving them out of the collector's view

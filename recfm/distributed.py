@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from recfm.errors import RecfmError
+
 
 def launched() -> bool:
     """True when a launcher (torchrun, accelerate launch, mpirun) started several processes."""
@@ -31,7 +33,7 @@ def launched() -> bool:
 SHARDING_ENV = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
 
 
-class UnsupportedLaunch(RuntimeError):
+class UnsupportedLaunch(RecfmError, RuntimeError):
     """The launcher asked for something the trainers cannot do (a sharded engine)."""
 
 

@@ -6,6 +6,8 @@ A run directory holds:
     train.log      everything logged while training
     model/         the model's weights (safetensors or JSON, never pickle); text-based models
                    (textid) keep recommender/, id_generator/ and item_ids.tsv in the run directory
+    history.jsonl  one line per training epoch, written as it trains; curves.png at the end;
+                   tensorboard/ with report_to=tensorboard (recfm/curves.py; none for pop)
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from typing import Callable
 import torch
 import yaml
 
-from recfm import __version__, distributed
+from recfm import __version__, distributed, rundir
 from recfm.baselines import MODELS
+from recfm.config import ConfigError, RunConfig, dump, read_yaml, resolve
 from recfm.data.cache import atomic_write_json, atomic_write_text
-from recfm.config import RunConfig, dump, read_yaml, resolve
+from recfm.errors import RecfmError, describe_validation_error
 from recfm.data.registry import load_dataset
 from recfm.evaluation.protocol import Protocol, evaluate
 
@@ -33,7 +36,7 @@ log = logging.getLogger("recfm.run")
 CHECKPOINTS = "checkpoints"
 
 
-class RunError(RuntimeError):
+class RunError(RecfmError, RuntimeError):
     pass
 
 
@@ -64,34 +67,46 @@ def train_run(
     overwrite: bool = False,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     resume: bool = False,
+    use_preset: bool = True,
+    score_test: bool = True,
+    on_validation: Callable[[int, dict], None] | None = None,
 ) -> dict:
     """Train ``model`` on ``dataset``, select on validation, score test once, write ``output``.
 
     Trainable models checkpoint into ``output/checkpoints/`` while they train; ``resume`` continues
     an interrupted run from there (same resolved config required) and the folder is removed once
-    the run has finished."""
+    the run has finished. ``use_preset=False`` skips the shipped ``configs/MODEL-DATASET.yaml``.
+    ``score_test=False`` (a hyper-parameter search) never scores the test split; ``on_validation(epoch,
+    metrics)`` is called after each validation of models that validate per epoch (it may raise to stop).
+    Nothing is written before the config, the output folder and the dataset have been checked, and
+    a run that fails before training starts leaves no folder behind."""
     distributed.init()  # under torchrun / accelerate launch: every process runs this function
     entry = model_entry(model)
-    run, model_cfg, layers = resolve(model, dataset, entry.config, config_file, overrides)
+    run, model_cfg, layers = resolve(model, dataset, entry.config, config_file, overrides, use_preset=use_preset)
+    check_device(model_cfg)
+    from recfm.curves import require_integrations
+
+    require_integrations(getattr(model_cfg, "report_to", "none"))  # e.g. tensorboard missing: before any write
     output = Path(output)
+    rundir.check_output(output, overwrite=overwrite, resume=resume)
     if resume:
         _check_resumable(output, dump(run), entry)
-    elif output.exists() and any(output.iterdir()):
-        if not overwrite:
-            raise RunError(f"{output} already holds a run; pass --overwrite, --resume (an interrupted run) "
-                           "or choose another --output")
-        if not (output / "config.yaml").is_file():
-            raise RunError(f"{output} is not a run directory (no config.yaml): --overwrite only replaces runs; "
-                           "choose another --output")
     data = load_dataset(dataset, run.prep)  # before touching output: a bad dataset leaves no run folder
     distributed.barrier()  # every process has checked the folder before the first one writes into it
     main = distributed.is_main()
+    created = not output.exists()
     if main:
-        if overwrite and not resume and output.exists():
-            shutil.rmtree(output)  # no stale metrics.json or weights of the old run beside the new one
+        if overwrite and not resume and output.exists() and any(output.iterdir()):
+            # no stale metrics.json or weights of the old run beside the new one; nothing else touched
+            kept = rundir.clear_run(output, entry.artifacts)
+            if kept:
+                log.warning("%s: --overwrite kept files recfm did not write: %s", output, ", ".join(kept))
         output.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(output / "config.yaml", dump(run))
+        rundir.mark(output, __version__)
+        atomic_write_text(output / "config.yaml", dump(run, layers))
+        rundir.pin_data(output, run.dataset, data)
     handler = _file_logger(output / "train.log") if main else None
+    training = False
     try:
         log.info("recfm %s: training %s on %s (config layers: %s)", __version__, model, dataset, " < ".join(layers))
         torch.manual_seed(run.seed)
@@ -101,8 +116,15 @@ def train_run(
         start = time.perf_counter()
         resumable = getattr(entry.model, "resumable", False)
         checkpoint_kwargs = {"checkpoints": output / CHECKPOINTS, "resume": resume} if resumable else {}
+        if getattr(entry.model, "writes_history", False):  # history.jsonl, curves.png (recfm/curves.py)
+            checkpoint_kwargs["run_dir"] = output
+        training = True
+        if on_validation is not None and getattr(entry.model, "reports_validation", False):
+            checkpoint_kwargs["on_validation"] = on_validation
         history = recommender.fit(split, run.protocol, log=log.info, **checkpoint_kwargs)
         train_seconds = time.perf_counter() - start
+        if resume and isinstance(history, dict) and "seconds" in history:
+            train_seconds = float(history["seconds"])  # the whole training, before and after the interruption
         if main:
             recommender.save(output / entry.weights_dir)
         metrics = {
@@ -110,8 +132,9 @@ def train_run(
             "model": model,
             "protocol": run.protocol.describe(),
             "valid": _evaluate(recommender, split.valid, run.protocol, "valid", progress),
-            "test": _evaluate(recommender, split.test, run.protocol, "test", progress),
+            **({"test": _evaluate(recommender, split.test, run.protocol, "test", progress)} if score_test else {}),
             "train_seconds": round(train_seconds, 2),
+            "config_layers": layers,
             "peak_memory_mb": peak_memory_mb(),
             "training": history,
             "dataset_stats": data.stats(),
@@ -122,17 +145,38 @@ def train_run(
             shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
         distributed.barrier()
         log.info("valid %s", _short(metrics["valid"]))
-        log.info("test  %s", _short(metrics["test"]))
+        if score_test:
+            log.info("test  %s", _short(metrics["test"]))
         return metrics
+    except BaseException:
+        if main and created and not training and output.is_dir():
+            if handler is not None:
+                logging.getLogger("recfm").removeHandler(handler)
+                handler.close()
+                handler = None
+            shutil.rmtree(output, ignore_errors=True)  # a failed start leaves nothing behind
+        raise
     finally:
         if handler is not None:
             logging.getLogger("recfm").removeHandler(handler)
             handler.close()
 
 
+def check_device(model_cfg) -> None:
+    """A CUDA device asked of a torch without CUDA is a config mistake, said before anything runs."""
+    device = str(getattr(model_cfg, "device", "") or "")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "no visible GPU"
+        raise ConfigError(f"device={device!r}, but this torch {torch.__version__} has {build}: use device=cpu "
+                          "(or device=auto, which picks cuda when there is one)")
+    if device.startswith("cuda:") and device[5:].isdigit() and int(device[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r}, but only {torch.cuda.device_count()} CUDA devices are visible")
+
+
 def _check_resumable(output: Path, config_text: str, entry) -> None:
     if not getattr(entry.model, "resumable", False):
-        raise RunError(f"{entry.name} training cannot be resumed (it writes no checkpoints); start it again")
+        raise RunError(f"{entry.name} training cannot be resumed (it writes no checkpoints); start it again "
+                       "with --overwrite instead of --resume")
     if not (output / "config.yaml").is_file():
         raise RunError(f"nothing to resume in {output}: it holds no run (start it without --resume)")
     if (output / "metrics.json").is_file():
@@ -142,8 +186,21 @@ def _check_resumable(output: Path, config_text: str, entry) -> None:
         for key in getattr(entry.model, "resume_free", ()):
             (cfg.get("model") or {}).pop(key, None)
     if saved != now:
-        raise RunError(f"the resolved config differs from {output / 'config.yaml'}: resume with the same model, "
-                       "dataset, --config and overrides (or --config that file)")
+        changed = ", ".join(f"{key} ({before!r} in the run, {after!r} now)" for key, before, after in diff_keys(saved, now)[:5])
+        raise RunError(f"the resolved config differs from {output / 'config.yaml'} in {changed}: resume with the same "
+                       "model, dataset, --config and overrides (or --config that file)")
+
+
+def diff_keys(before: dict, after: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, old value, new value) for every leaf that differs between two nested dicts."""
+    out = []
+    for key in sorted(set(before) | set(after), key=str):
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += diff_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
 
 
 def _catalog_kwargs(entry, data, dataset: str) -> dict:
@@ -156,9 +213,12 @@ def _catalog_kwargs(entry, data, dataset: str) -> dict:
     return {"catalog": Catalog.of(data, source if source is not None and source.is_dir() else None)}
 
 
-def load_run(run_dir: Path):
-    """(run config, dataset, fitted recommender) of a finished run directory."""
+def load_run(run_dir: Path, allow_data_change: bool = False):
+    """(run config, dataset, fitted recommender) of a finished run directory. The dataset must be
+    the one the run was trained on (same fingerprint), unless ``allow_data_change``."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} is not a run directory (no such folder)")
     if not (run_dir / "config.yaml").is_file():
         raise RunError(f"{run_dir} is not a run directory (no config.yaml)")
     from pydantic import ValidationError
@@ -167,9 +227,11 @@ def load_run(run_dir: Path):
         run = RunConfig.model_validate(read_yaml(run_dir / "config.yaml"))
         entry = model_entry(run.model["name"])
         model_cfg = entry.config.model_validate(run.model)
-    except (ValidationError, KeyError, TypeError) as e:
-        raise RunError(f"{run_dir / 'config.yaml'} is not a valid run config: {e}") from None
+    except (ValidationError, KeyError, TypeError, ConfigError) as e:
+        reason = describe_validation_error(e) if isinstance(e, ValidationError) else str(e)
+        raise RunError(f"{run_dir / 'config.yaml'} is not a valid run config: {reason}") from None
     data = load_dataset(run.dataset, run.prep)
+    rundir.check_data(run_dir, data, allow_change=allow_data_change)
     weights = run_dir / entry.weights_dir
     if entry.weights_dir and not weights.is_dir():
         raise RunError(f"{run_dir} has no {entry.weights_dir}/ folder: training did not finish")
@@ -184,10 +246,11 @@ def load_run(run_dir: Path):
 
 
 def evaluate_run(run_dir: Path, progress=None, exclude_history: bool | None = None, dataset: str | None = None,
-                 splits: tuple[str, ...] = ("valid", "test"), max_cases: int | None = None) -> dict:
+                 splits: tuple[str, ...] = ("valid", "test"), max_cases: int | None = None,
+                 allow_data_change: bool = False) -> dict:
     """Re-score a finished run on validation and test with its recorded protocol. ``dataset``: score
     it on another dataset instead (zero-shot; only models that map item text to IDs can)."""
-    run, data, recommender = load_run(run_dir)
+    run, data, recommender = load_run(run_dir, allow_data_change=allow_data_change)
     protocol = run.protocol
     if exclude_history is not None:
         protocol = protocol.model_copy(update={"exclude_history": exclude_history})
@@ -237,14 +300,19 @@ def _environment() -> dict:
 
 
 def recommend_items(run_dir: Path, history: list[str] | None = None, k: int = 10, *, user: str | None = None,
-                    exclude_history: bool = False) -> dict:
-    """Top-k items of a trained run for a history of the dataset's item ids, or for a dataset user
-    (their test-time history: every item but the held-out last one, shown as ``held_out``)."""
+                    titles: list[str] | None = None, fuzzy: bool = False,
+                    exclude_history: bool = False, allow_data_change: bool = False) -> dict:
+    """Top-k items of a trained run for a history of the dataset's item ids, of free-text ``titles``
+    (each matched to the catalog as by ``recfm serve``: without an exact or high-confidence match
+    it is refused with its candidates unless ``fuzzy``; ``resolved`` shows each match and score),
+    or for a dataset user (their test-time history: every item but the held-out last one, shown as
+    ``held_out``). ``exclude_history`` defaults to False here (as the evaluation protocol), while
+    the server's defaults to true. k is at most the run's search beam for a textid run."""
     from recfm.serve.service import RecommendationService, RequestError
 
-    service = RecommendationService.from_run(run_dir)
+    service = RecommendationService.from_run(run_dir, allow_data_change=allow_data_change)
     data = service.data
-    held_out = None
+    held_out = resolved = None
     try:
         if user is not None:
             if user not in data.user_ids:
@@ -253,11 +321,13 @@ def recommend_items(run_dir: Path, history: list[str] | None = None, k: int = 10
             hist, held_out = seq[:-1], seq[-1]
             if not hist:
                 raise RunError(f"user {user!r} has a single item: no history to recommend from")
+        elif titles is not None:
+            hist, resolved = service.resolve_history(titles=titles, fuzzy=fuzzy, cli=True)
         else:
             hist = service.resolve(item_ids=history or [])
         [recs] = service.recommend([hist], [service.check_k(k)], [exclude_history])
     except RequestError as e:
         raise RunError(str(e)) from None
     return {"run": str(run_dir), "model": service.model_name, "dataset": data.name,
-            "history": [service.describe(i) for i in hist], "held_out": service.describe(held_out) if held_out else None,
-            "recommendations": recs}
+            "history": [service.describe(i) for i in hist], "resolved": resolved,
+            "held_out": service.describe(held_out) if held_out else None, "recommendations": recs}

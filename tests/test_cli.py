@@ -115,12 +115,14 @@ def test_real_movielens_100k_pop_through_cli(tmp_path, monkeypatch):
 def test_overwrite_replaces_a_run_and_never_deletes_other_folders(p5_folder, tmp_path):
     run = tmp_path / "run"
     assert invoke("train", "pop", "-d", p5_folder, "-o", run, "prep.user_core=2").exit_code == 0
-    (run / "stale.txt").write_text("from the old run")
+    (run / "model" / "stale.bin").write_text("from the old run")
+    (run / "notes.txt").write_text("the user's own file")
     assert invoke("train", "pop", "-d", p5_folder, "-o", run, "prep.user_core=2", "--overwrite").exit_code == 0
-    assert not (run / "stale.txt").exists() and (run / "metrics.json").is_file()
+    assert not (run / "model" / "stale.bin").exists() and (run / "metrics.json").is_file()
+    assert (run / "notes.txt").read_text() == "the user's own file"  # only what a run writes is replaced
     other = tmp_path / "my-notes"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
     result = invoke("train", "pop", "-d", p5_folder, "-o", other, "--overwrite")
-    assert result.exit_code == 2 and "not a run directory" in result.output
+    assert result.exit_code == 2 and "not made by recfm" in result.output
     assert (other / "notes.txt").read_text() == "keep me"

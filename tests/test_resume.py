@@ -95,6 +95,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
         for key in ("ndcg@10", "hr@10", "mrr"):
             assert a[split][key] == pytest.approx(b[split][key], abs=1e-6)
     assert "resumed from the checkpoint at epoch 2, step 3" in (tmp_path / "killed" / "train.log").read_text()
+    # train_seconds of a resumed run is the whole training: the time before the kill counts too
+    assert b["train_seconds"] == pytest.approx(b["training"]["seconds"], abs=0.05)
+    assert b["training"]["seconds"] >= b["training"]["history"][0]["train_seconds"] > 0
 
 
 def test_resume_refuses_what_it_cannot_continue(tmp_path):

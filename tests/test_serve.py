@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 from helpers import free_port, tiny_shop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -63,6 +64,11 @@ def test_recommend_by_ids_and_by_titles_agree_and_exclude_history(client):
     by_title = client.post("/recommend", json={"titles": ["Red Widget 1", "red-widget 2", "red widgit 3"], "k": 5})
     assert by_title.status_code == 200, by_title.text
     assert by_title.json()["history"] == ["i1", "i2", "i3"] and by_title.json()["items"] == items
+    assert by_id.json()["resolved"] is None
+    assert by_title.json()["resolved"] == [  # every title echoed with what it became
+        {"given": "Red Widget 1", "item_id": "i1", "title": "red widget 1", "score": 1.0, "exact": True},
+        {"given": "red-widget 2", "item_id": "i2", "title": "red widget 2", "score": 1.0, "exact": True},
+        {"given": "red widgit 3", "item_id": "i3", "title": "red widget 3", "score": 0.917, "exact": False}]
     kept = client.post("/recommend", json={"history": ["i1"], "k": 12, "exclude_history": False}).json()["items"]
     assert len(kept) == 12 and "i1" in {x["item_id"] for x in kept}
 
@@ -73,11 +79,20 @@ def test_recommend_by_ids_and_by_titles_agree_and_exclude_history(client):
     ({"history": [f"i{i % 12}" for i in range(9)]}, 413, "at most 8"),
     ({"history": ["i1"], "titles": ["red widget 1"]}, 422, "exactly one"),
     ({}, 422, "exactly one"),
-    ({"titles": ["a blue gizmo"]}, 422, "match no item"),
+    ({"titles": ["a blue gizmo"]}, 422, "1 title matches no item"),
+    ({"titles": ["widget"]}, 422, "with confidence"),
     ({"titles": ["red widget 1", "x" * 301]}, 422, "longer than 300"),
-    ({"history": ["i1"], "k": 0}, 422, "k must be"),
-    ({"history": ["i1"], "k": 21}, 422, "k must be"),
+    ({"history": ["i1"], "k": 0}, 422, "k must be between 1 and 20"),
+    ({"history": ["i1"], "k": 21}, 422, "k must be between 1 and 20"),
     ({"history": ["i1"], "k": "ten"}, 422, "k:"),
+    # strict types: nothing is coerced
+    ({"history": ["i1"], "k": True}, 422, "k: Input should be a valid integer"),
+    ({"history": ["i1"], "k": "3"}, 422, "k: Input should be a valid integer"),
+    ({"history": ["i1"], "k": 3.0}, 422, "k: Input should be a valid integer"),
+    ({"history": ["i1"], "exclude_history": "yes"}, 422, "exclude_history: Input should be a valid boolean"),
+    ({"history": ["i1"], "exclude_history": 1}, 422, "exclude_history: Input should be a valid boolean"),
+    ({"titles": ["red widget 1"], "fuzzy": "true"}, 422, "fuzzy: Input should be a valid boolean"),
+    ({"titles": [1]}, 422, "titles.0: Input should be a valid string"),
     ({"history": "i1"}, 422, "history"),
     ({"history": ["i1"], "user": "u1"}, 422, "user"),
 ])
@@ -222,9 +237,11 @@ def test_no_json_body_crashes_the_server(client, body, path):
 @given(title=st.text(max_size=30))
 def test_title_matching_never_fails_on_any_text(title):
     index = TitleIndex(["Toy Story (1995)", "GoldenEye (1995)", "Heat (1995)"])
-    item, close = index.match(title)
-    assert item is None or 1 <= item <= 3
-    assert index.match("toy  STORY 1995")[0] == 1 and normalize_title("Café, Noir!") == "cafe noir"
+    m = index.match(title)
+    assert m.item is None or 1 <= m.item <= 3
+    assert 0.0 <= m.score <= 1.0 and all(1 <= i <= 3 and 0 <= s <= 1 for i, s in m.candidates)
+    assert not m.confident or m.item is not None
+    assert index.match("toy  STORY 1995").item == 1 and normalize_title("Café, Noir!") == "cafe noir"
 
 
 def test_recfm_serve_command_answers_over_http(runs):
@@ -281,3 +298,163 @@ def test_no_body_crashes_a_textid_server(textid_client, body, chunked, path):
     assert r.status_code in (200, 400, 413, 422, 501), (body, r.text)
     assert "error" in r.json() or r.status_code == 200
     assert textid_client.get("/health").status_code == 200
+
+
+MOVIES = ["Star Wars: Episode IV - A New Hope (1977)", "Star Maps (1997)", "Star Wars: Episode I - The Phantom Menace (1999)",
+          "Matrix, The (1999)", "Hamlet (1996)", "Hamlet (1948)", "Toy Story (1995)", "Jurassic Park (1993)",
+          "Godfather, The (1972)", "Godfather: Part II, The (1974)"]
+
+
+def test_title_index_matches_with_a_score_and_never_substitutes_silently():
+    index = TitleIndex(MOVIES)
+    star = index.match("star wars")  # the MovieLens-1M case: it used to become Star Maps
+    assert not star.confident and star.item == 1 and star.score < index.high
+    assert [i for i, _ in star.candidates[:3]] == [1, 3, 2]  # the titles it names come first, then Star Maps
+    for text, item, exact in [("Toy Story (1995)", 7, True), ("toy story", 7, False), ("the matrix", 4, False),
+                              ("Matrix, The", 4, False), ("godfather", 9, False), ("Jurasic Park", 8, False)]:
+        m = index.match(text)
+        assert (m.item, m.exact, m.confident) == (item, exact, True), (text, m)
+    assert index.match("toy story").score == 1.0 and index.match("Jurasic Park").score < 1.0
+    hamlet = index.match("hamlet")  # two films of that title: ambiguous, both offered
+    assert hamlet.ambiguous and not hamlet.confident and [i for i, _ in hamlet.candidates] == [5, 6]
+    assert index.match("Hamlet (1948)").item == 6 and index.match("Hamlet (1948)").confident
+
+
+@pytest.fixture(scope="module")
+def movies(runs):
+    """A MovieLens-1M-format folder (ratings.dat, movies.dat) with real-style titles, and a Pop run on it."""
+    folder = runs / "movies"
+    folder.mkdir()
+    (folder / "movies.dat").write_text("".join(f"{i + 1}::{t}::Drama\n" for i, t in enumerate(MOVIES)), encoding="latin-1")
+    (folder / "ratings.dat").write_text("".join(f"{u + 1}::{(u + j) % len(MOVIES) + 1}::5::{1000 * u + j}\n"
+                                                for u in range(20) for j in range(5)))
+    train_run("pop", str(folder), runs / "pop-movies", overrides=["prep.user_core=2", "prep.item_core=0"])
+    return runs / "pop-movies"
+
+
+def test_titles_without_a_confident_match_are_refused_with_the_catalog_titles(movies):
+    with TestClient(create_app(RecommendationService.from_run(movies))) as c:
+        r = c.post("/recommend", json={"titles": ["star wars"], "k": 3})
+        assert r.status_code == 422, r.text
+        body = r.json()
+        assert "'star wars' is not an exact match" in body["error"] and '"fuzzy": true' in body["error"]
+        [miss] = body["unmatched"]
+        assert miss["given"] == "star wars" and not miss["ambiguous"]
+        titles = [x["title"] for x in miss["candidates"]]
+        assert titles[:2] == ["Star Wars: Episode IV - A New Hope (1977)", "Star Wars: Episode I - The Phantom Menace (1999)"]
+        assert all(0 < x["score"] < 0.9 for x in miss["candidates"])  # the catalog's own titles, with their scores
+        fuzzy = c.post("/recommend", json={"titles": ["star wars", "the matrix"], "k": 3, "fuzzy": True})
+        assert fuzzy.status_code == 200, fuzzy.text
+        first, matrix = fuzzy.json()["resolved"]
+        assert first["title"] == "Star Wars: Episode IV - A New Hope (1977)" and not first["exact"] and first["score"] < 0.9
+        assert matrix == {"given": "the matrix", "item_id": matrix["item_id"], "title": "Matrix, The (1999)", "score": 1.0,
+                          "exact": False}
+        ambiguous = c.post("/recommend", json={"titles": ["hamlet"]})
+        assert ambiguous.status_code == 422 and ambiguous.json()["unmatched"][0]["ambiguous"]
+        assert [x["title"] for x in ambiguous.json()["unmatched"][0]["candidates"]] == ["Hamlet (1996)", "Hamlet (1948)"]
+        embedded = c.post("/embed", json={"titles": ["star wars"]})
+        assert embedded.status_code == 501  # Pop has no embeddings; the 501 comes first
+
+    from recfm.cli import app as cli
+
+    runner = CliRunner()
+    r = runner.invoke(cli, ["--quiet", "recommend", "--run", str(movies), "--title", "star wars", "--title", "Toy Story"])
+    assert r.exit_code == 2 and "Star Wars: Episode IV - A New Hope (1977)" in r.output and "--fuzzy" in r.output, r.output
+    r = runner.invoke(cli, ["--quiet", "recommend", "--run", str(movies), "--title", "star wars", "--title",
+                            "Matrix, The (1999)", "--fuzzy", "-k", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert [(m["title"], m["exact"]) for m in out["resolved"]] == [("Star Wars: Episode IV - A New Hope (1977)", False),
+                                                                   ("Matrix, The (1999)", True)]
+    assert len(out["recommendations"]) == 2
+    r = runner.invoke(cli, ["--quiet", "recommend", "--run", str(movies), "--title", "Toy Story", "--history", "1"])
+    assert r.exit_code == 2 and "exactly one of" in r.output
+
+
+def test_non_json_content_types_are_415(client):
+    for headers in ({"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}, {}):
+        for path in ("/recommend", "/embed"):
+            r = client.post(path, content=b'{"history": ["i1"]}', headers=headers)
+            assert r.status_code == 415 and "Content-Type: application/json" in r.json()["error"], (headers, r.text)
+    for ctype in ("application/json; charset=utf-8", "application/vnd.recfm+json"):
+        assert client.post("/recommend", content=b'{"history": ["i1"]}', headers={"content-type": ctype}).status_code == 200
+
+
+def test_server_errors_carry_no_exception_text(runs, caplog, monkeypatch):
+    service = RecommendationService.from_run(runs / "sasrec")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret: /home/someone/model.bin is corrupt")
+
+    monkeypatch.setattr(service.model, "recommend", broken)
+    monkeypatch.setattr(service.model, "embed", broken)
+    with TestClient(create_app(service), raise_server_exceptions=False) as c, caplog.at_level("ERROR", "recfm.serve"):
+        for path in ("/recommend", "/embed"):
+            r = c.post(path, json={"history": ["i1"]})
+            assert r.status_code == 500 and r.json() == {"error": "internal error: the server logged it"}, r.text
+        assert "secret" in caplog.text  # the traceback is in the log, not in the reply
+        assert c.get("/health").status_code == 200
+        c.app.state.batcher.worker.cancel()
+        time.sleep(0.1)
+        r = c.post("/recommend", json={"history": ["i1"]})
+        assert r.status_code == 503 and r.json() == {"error": "the model worker has stopped; restart the server"}
+
+
+def test_the_openapi_schema_is_the_real_contract(client):
+    from recfm.serve.app import ErrorResponse
+
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    expected = {"/recommend": {400, 413, 415, 422, 500, 503}, "/embed": {400, 413, 415, 422, 500, 501, 503}}
+    for path, statuses in expected.items():
+        responses = spec["paths"][path]["post"]["responses"]
+        assert {int(s) for s in responses if s != "200"} == statuses, (path, responses.keys())
+        for s in statuses:
+            assert responses[str(s)]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert "HTTPValidationError" not in json.dumps(spec["paths"])  # FastAPI's {"detail": [...]} is never sent
+    assert schemas["ErrorResponse"]["required"] == ["error"] and schemas["ErrorResponse"]["properties"]["error"]["type"] == "string"
+    k = schemas["RecommendRequest"]["properties"]["k"]
+    assert (k["type"], k["minimum"], k["maximum"], k["default"]) == ("integer", 1, 20, 10)
+    assert "recfm recommend" in schemas["RecommendRequest"]["properties"]["exclude_history"]["description"]
+    assert "404" in spec["info"]["description"] and "405" in spec["info"]["description"]
+    # and the error bodies the server really sends fit that model, status by status
+    bodies = [client.post("/recommend", content=b"{", headers={"content-type": "application/json"}),
+              client.post("/recommend", json={"history": ["i1"] * 9}), client.post("/recommend", content=b"{}"),
+              client.post("/recommend", json={"titles": ["widget"]}), client.post("/recommend", json={"k": 3}),
+              client.get("/nowhere"), client.get("/recommend")]
+    assert [b.status_code for b in bodies] == [400, 413, 415, 422, 422, 404, 405]
+    for b in bodies:
+        ErrorResponse.model_validate_json(b.content, strict=True)
+
+
+def test_docs_pages_work_offline(client):
+    import re
+
+    for page in ("/docs", "/redoc"):
+        r = client.get(page)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        html = r.text
+        urls = re.findall(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']|url:\s*'([^']+)'""", html)
+        urls = [a or b for a, b in urls]
+        assert urls and all(u.startswith("/") and not u.startswith("//") for u in urls), urls
+        assert "http://" not in html and "https://" not in html  # no CDN, no fonts, no validator badge
+        for u in urls:
+            assert client.get(u).status_code == 200, u
+    assert client.get("/docs/assets/nothing.js").status_code == 404
+
+
+def test_textid_k_is_capped_at_the_search_beam_and_answers_are_prefixes(textid_client):
+    """The beam is the run's (num_beams=4) for every k the server accepts, so a larger request's top k
+    starts with the answer to a smaller one; a k above the beam is refused, not searched wider."""
+    health = textid_client.get("/health").json()
+    assert health["search_beam"] == 4 and health["max_k"] == 4
+    r = textid_client.post("/recommend", json={"history": ["i1", "i2"], "k": 5})
+    assert r.status_code == 422 and "k must be between 1 and 4" in r.json()["error"] and "beam of 4" in r.json()["error"]
+    k = textid_client.get("/openapi.json").json()["components"]["schemas"]["RecommendRequest"]["properties"]["k"]
+    assert (k["maximum"], k["default"]) == (4, 4)
+    assert len(textid_client.post("/recommend", json={"history": ["i1"]}).json()["items"]) == 4
+    for history in (["i1"], ["i3", "i4", "i5"], ["i7", "i0"]):
+        for exclude in (True, False):
+            lists = [[x["item_id"] for x in textid_client.post("/recommend", json={
+                "history": history, "k": k, "exclude_history": exclude}).json()["items"]] for k in (1, 2, 3, 4)]
+            assert all(lists[-1][: len(short)] == short for short in lists), lists

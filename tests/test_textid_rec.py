@@ -208,6 +208,30 @@ def test_decoder_only_backbone_from_a_folder(shop, tmp_path):
         assert ((real >= 1) & (real <= data.n_items)).all()
 
 
+def test_answers_do_not_depend_on_k_up_to_the_search_beam(shop):
+    """The top k of a larger request starts with the answer to a smaller one: every k up to the run's
+    beam is searched with that beam, and the service (server, `recfm recommend`) accepts no larger k."""
+    from recfm.serve import RecommendationService, RequestError
+
+    data = load_dataset(shop, use_cache=False)
+    m = tiny_model(data, num_beams=6)
+    m._build(lambda s: None)  # untrained weights: as deterministic as trained ones
+    histories = [[1], [3, 4, 5], [7, 2, 9, 11], [12]]
+    for exclude in (None, [set(h) for h in histories]):
+        tops = {k: m.recommend(histories, k, exclude=exclude) for k in range(1, 7)}
+        for k in range(1, 6):
+            np.testing.assert_array_equal(tops[k].items, tops[6].items[:, :k])
+            np.testing.assert_allclose(tops[k].scores, tops[6].scores[:, :k], rtol=1e-5)
+    service = RecommendationService(m, data, model_name="textid")
+    assert (service.search_beam, service.max_k, service.info()["max_k"]) == (6, 6, 6)
+    with pytest.raises(RequestError, match="k must be between 1 and 6 .*beam of 6"):
+        service.check_k(7)
+    # one batch asking for several k: each answer is the head of the same search's list
+    mixed = service.recommend(histories, [1, 6, 3, 2], [True] * 4)
+    alone = [service.recommend([h], [6], [True])[0] for h in histories]
+    assert [[x["item_id"] for x in a] for a in mixed] == [[x["item_id"] for x in a][:k] for a, k in zip(alone, [1, 6, 3, 2])]
+
+
 def test_concat_datasets_keeps_users_and_items_apart(shop, tmp_path):
     a = load_dataset(shop, use_cache=False)
     b = load_dataset(write_shop(tmp_path / "other-shop", n_users=10, n_items=8, seed=3, prefix="x"), use_cache=False)
@@ -249,6 +273,8 @@ def test_train_recommend_evaluate_and_zero_shot_through_the_cli(shop, tmp_path):
     assert r.exit_code == 0 and "held-out next item" in r.output
     r = invoke("recommend", "--run", run, "--history", "nope")
     assert r.exit_code == 2 and "not in" in r.output
+    r = invoke("recommend", "--run", run, "--history", "i1", "--k", "21")  # above the run's beam (num_beams=20)
+    assert r.exit_code == 2 and "k must be between 1 and 20" in r.output and "beam of 20" in r.output, r.output
 
     r = invoke("evaluate", "--run", run, "--json")
     assert r.exit_code == 0, r.output

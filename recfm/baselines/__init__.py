@@ -30,6 +30,9 @@ class ModelEntry:
     config: type[BaseModel]
     model: type
     weights_dir: str = "model"
+    # What the model writes into a run directory besides the files every run has (recfm.rundir):
+    # the only names ``--overwrite`` deletes.
+    artifacts: tuple[str, ...] = ("model",)
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -39,6 +42,7 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("sasrec", "SASRec: causal self-attention, full-softmax cross-entropy", SASRecConfig, SASRec),
         ModelEntry("gru4rec", "GRU4Rec: GRU over the item sequence, full-softmax cross-entropy", GRU4RecConfig, GRU4Rec),
         ModelEntry("textid", "IDGenRec: a language model writes the next item's textual ID (trie-constrained)",
-                   TextIDConfig, TextIDModel, weights_dir=""),
+                   TextIDConfig, TextIDModel, weights_dir="",
+                   artifacts=("recommender", "id_generator", "item_ids.tsv", "item_ids.initial.tsv", "textid.json")),
     ]
 }

@@ -42,5 +42,11 @@ class MostPopular(ScoringRecommender):
     @classmethod
     def load(cls, directory: Path, config: PopConfig, n_items: int) -> "MostPopular":
         model = cls(config, n_items)
-        model.counts = torch.tensor(json.loads((Path(directory) / "counts.json").read_text()), dtype=torch.float32)
+        path = Path(directory) / "counts.json"
+        counts = json.loads(path.read_text())
+        if not isinstance(counts, list) or len(counts) != n_items + 1:
+            size = len(counts) if isinstance(counts, list) else type(counts).__name__
+            raise ValueError(f"{path} holds {size} counts, but the dataset has {n_items} items "
+                             f"(+1 padding = {n_items + 1}): it belongs to other data")
+        model.counts = torch.tensor(counts, dtype=torch.float32)
         return model

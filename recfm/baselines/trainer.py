@@ -1,4 +1,5 @@
-"""One training loop for every next-item model (SASRec, GRU4Rec): full-softmax cross-entropy.
+"""One training loop for every next-item model (SASRec, GRU4Rec), with the loss a config field:
+full-softmax cross-entropy (default), sampled softmax or gBCE (recfm/baselines/losses.py).
 
 A model plugs in a :class:`SequenceNet` (``encode`` right-padded item sequences into hidden
 states; ``item_embeddings`` for the tied output layer) and inherits fitting, scoring and
@@ -9,12 +10,15 @@ trained at every position in one pass (input ``s[:-1]``, labels ``s[1:]``, causa
 Sequences longer than ``max_len + 1`` are cut into windows from the end; consecutive windows
 overlap by one item, so every transition ``s[t] -> s[t+1]`` is trained exactly once per
 epoch and long histories (MovieLens) are not thrown away. Logits are computed only at the
-non-padding positions, against all items (no sampled negatives).
+non-padding positions: against all items (``loss: ce``), or against the positive and negatives
+drawn once per step and shared by the whole batch (``sampled_softmax``, ``gbce``).
 
 Selection: the validation ``protocol.selection_metric`` after every ``eval_every`` epochs;
 the best weights are kept in memory and restored before ``fit`` returns. Training stops
-after ``patience`` epochs without improvement, after ``epochs`` epochs, or before an epoch
-that would overrun ``max_train_minutes``.
+after ``patience`` epochs without improvement, after ``epochs`` epochs, or when
+``max_train_minutes`` runs out: no epoch is started that its predecessors say would overrun it,
+and the clock is also read after every step, so a slower epoch (a busy machine) is cut short
+and validated instead of overrunning the cap.
 """
 
 from __future__ import annotations
@@ -33,10 +37,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from recfm.baselines.losses import (LossName, Sampling, batch_generator, draw_negatives, gbce_beta, gbce_loss,
+                                    sampled_softmax_loss)
 from recfm.checkpoint import (Checkpoint, check_same_config, load_latest, load_optimizer_state, load_rng_state,
                               optimizer_state, rng_state, save_checkpoint)
 from recfm import distributed
 from recfm.compute import flushed_denormals, training_context
+from recfm.curves import REPORT_TO_HELP, ReportTo, TrainingHistory
 from recfm.data.split import LeaveOneOut
 from recfm.evaluation.protocol import Protocol, evaluate
 from recfm.recommender import ScoringRecommender
@@ -71,6 +78,14 @@ class SequentialTrainConfig(BaseModel):
     checkpoint_every: int = Field(
         0, ge=0, description="also checkpoint every this many steps inside an epoch (0 = at epoch ends only)"
     )
+    report_to: ReportTo = Field("none", description=REPORT_TO_HELP)
+    loss: LossName = Field("ce", description="ce: full-softmax cross-entropy over all items; sampled_softmax: softmax "
+                                             "over the positive and num_negatives shared negatives; gbce: gSASRec's "
+                                             "generalised binary cross-entropy over the same negatives")
+    num_negatives: int = Field(256, ge=1, description="negatives drawn per step, shared by the batch (sampled_softmax, gbce)")
+    negative_sampling: Sampling = Field(
+        "uniform", description="uniform, or popularity: by training-split counts, with the logQ correction (sampled_softmax)")
+    gbce_t: float = Field(0.75, ge=0, le=1, description="gBCE calibration t: 0 = plain BCE, 1 = fully sampling-corrected")
 
 
 class SequenceNet(nn.Module):
@@ -135,18 +150,26 @@ class NextItemLoss(nn.Module):
     the gradients over processes they equal the gradient of the global batch's mean loss, so one
     process and many take the same steps (up to float summation order)."""
 
-    def __init__(self, net: SequenceNet):
+    def __init__(self, net: SequenceNet, loss: str = "ce", log_q: torch.Tensor | None = None, beta: float = 1.0):
         super().__init__()
-        self.net = net
+        self.net, self.loss, self.beta = net, loss, beta
+        self.log_q = log_q  # log sampling probability per item (popularity sampling), None = uniform
 
-    def forward(self, batch: torch.Tensor, global_targets: float, world: int) -> tuple[torch.Tensor, float]:
+    def forward(self, batch: torch.Tensor, global_targets: float, world: int,
+                negatives: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         if batch.shape[0] == 0:  # a shard of a batch smaller than the process count: join the gradient sync
             return sum((p * 0).sum() for p in self.net.parameters()), 0.0
         inputs, labels = batch[:, :-1], batch[:, 1:]
         hidden = self.net.encode(inputs)
         mask = labels > 0
         n = int(mask.sum())
-        mean = full_softmax_cross_entropy(hidden[mask], self.net.item_embeddings()[1:], labels[mask] - 1)
+        items, targets = self.net.item_embeddings()[1:], labels[mask] - 1
+        if self.loss == "ce":
+            mean = full_softmax_cross_entropy(hidden[mask], items, targets)
+        elif self.loss == "sampled_softmax":
+            mean = sampled_softmax_loss(hidden[mask], items, targets, negatives, self.log_q)
+        else:
+            mean = gbce_loss(hidden[mask], items, targets, negatives, self.beta)
         return mean * (n * world / global_targets), mean.item() * n
 
 
@@ -234,7 +257,7 @@ class FitState:
 
 
 # Settings that may differ on resume without changing what is computed.
-_RESUME_FREE = {"show_progress", "num_threads", "device", "max_train_minutes", "checkpoint_every"}
+_RESUME_FREE = {"show_progress", "num_threads", "device", "max_train_minutes", "checkpoint_every", "report_to"}
 
 
 class SequentialRecommender(ScoringRecommender):
@@ -242,6 +265,8 @@ class SequentialRecommender(ScoringRecommender):
 
     config_class: type[SequentialTrainConfig] = SequentialTrainConfig
     resumable = True  # fit() takes checkpoints= and resume=
+    writes_history = True  # fit() takes run_dir= and writes history.jsonl / curves.png there (recfm.curves)
+    reports_validation = True  # fit() takes on_validation=(epoch, metrics) -> None, called after each validation
     resume_free = _RESUME_FREE
 
     def __init__(self, config: SequentialTrainConfig, n_items: int):
@@ -291,16 +316,43 @@ class SequentialRecommender(ScoringRecommender):
 
     # -- training ------------------------------------------------------------------------
     def fit(self, split: LeaveOneOut, protocol: Protocol | None = None, log: Callable[[str], None] = print,
-            checkpoints: Path | None = None, resume: bool = False) -> dict:
+            checkpoints: Path | None = None, resume: bool = False, run_dir: Path | None = None,
+            on_validation: Callable[[int, dict], None] | None = None) -> dict:
         """Train on ``split.train``; select on validation. With ``checkpoints`` a resumable checkpoint
         is written after every epoch (and every ``checkpoint_every`` steps); ``resume`` continues from
-        the newest one there and reaches the same weights as an uninterrupted run."""
+        the newest one there and reaches the same weights as an uninterrupted run. With ``run_dir``
+        every epoch is a line of ``run_dir/history.jsonl`` and ``curves.png`` is drawn at the end.
+        ``on_validation(epoch, metrics)`` runs after each validation (a search reports to its pruner
+        there; an exception it raises ends the fit)."""
         protocol = protocol or Protocol()
-        with training_context(self.config.num_threads, self.config.seed):
-            return self._fit(split, protocol, log, Path(checkpoints) if checkpoints else None, resume)
+        curves = TrainingHistory(run_dir, self.config.report_to, x="epoch",
+                                 metrics=(protocol.selection_metric, "hr@10"), best=protocol.selection_metric,
+                                 title=type(self).__name__)
+        with training_context(self.config.num_threads, self.config.seed), curves:
+            return self._fit(split, protocol, log, Path(checkpoints) if checkpoints else None, resume, curves,
+                             on_validation)
+
+    def _loss_module(self, split: LeaveOneOut) -> NextItemLoss:
+        cfg = self.config
+        log_q = None
+        if cfg.loss == "sampled_softmax" and cfg.negative_sampling == "popularity":
+            counts = np.bincount(split.train_interactions(), minlength=self.n_items + 1)[1:].astype(np.float64)
+            q = (counts + 1.0) / (counts + 1.0).sum()  # +1: an item seen once in valid/test only is still drawable
+            log_q = torch.as_tensor(np.log(q), dtype=torch.float32, device=self.device)
+        beta = gbce_beta(cfg.num_negatives, self.n_items, cfg.gbce_t) if cfg.loss == "gbce" else 1.0
+        module = NextItemLoss(self.net, cfg.loss, log_q, beta)
+        module.sampling_weights = None if log_q is None else log_q.exp().cpu()
+        return module
+
+    def _negatives(self, weights: torch.Tensor | None, epoch: int, step: int) -> torch.Tensor | None:
+        """The step's shared negatives: the same on every process and after a resume."""
+        if self.config.loss == "ce":
+            return None
+        gen = batch_generator(self.config.seed, epoch, step)
+        return draw_negatives(self.n_items, self.config.num_negatives, gen, weights).to(self.device)
 
     def _fit(self, split: LeaveOneOut, protocol: Protocol, log: Callable[[str], None], checkpoints: Path | None,
-             resume: bool) -> dict:
+             resume: bool, curves: TrainingHistory, on_validation: Callable[[int, dict], None] | None = None) -> dict:
         cfg = self.config
         metric = protocol.selection_metric
         name = type(self).__name__
@@ -322,7 +374,9 @@ class SequentialRecommender(ScoringRecommender):
             self.net.to(self.device)
             log(f"{name}: process {accelerator.process_index} of {accelerator.num_processes} "
                 f"({accelerator.distributed_type.value}); each takes 1/{accelerator.num_processes} of every batch")
-        step_module = accelerator.prepare_model(NextItemLoss(self.net))
+        loss_module = self._loss_module(split)
+        weights = loss_module.sampling_weights
+        step_module = accelerator.prepare_model(loss_module)
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)  # data order: batches are drawn from it at each epoch start
         budget = cfg.max_train_minutes * 60 if cfg.max_train_minutes else math.inf
@@ -333,6 +387,7 @@ class SequentialRecommender(ScoringRecommender):
             if found is not None:
                 fs, best_state = self._restore(found, optimizer, rng)
                 log(f"{name}: resumed from the checkpoint at epoch {fs.epoch}, step {fs.step} of {n_batches}")
+        curves.start(keep=len(fs.history), elapsed=fs.elapsed)  # one line per finished epoch: none twice
 
         def save() -> None:
             if checkpoints is not None and accelerator.is_main_process:
@@ -345,13 +400,16 @@ class SequentialRecommender(ScoringRecommender):
             rng.bit_generator.state = fs.epoch_rng  # replays this epoch's data order after a resume
             batches = epoch_batches(lengths, cfg.batch_size, rng, cfg.sort_by_length)
             t0 = time.perf_counter() - fs.epoch_seconds
-            self._train_steps(step_module, accelerator, windows, lengths, batches, optimizer, fs, save, start)
+            cut = self._train_steps(step_module, accelerator, windows, lengths, batches, optimizer, fs, save, start,
+                                    budget, weights)
             loss = fs.loss_sum / max(fs.targets, 1)
             train_seconds = time.perf_counter() - t0
             row = {"epoch": epoch, "loss": round(loss, 5), "train_seconds": round(train_seconds, 2)}
+            if cut:
+                row["steps"] = f"{fs.step} of {len(batches)} (time budget)"
             elapsed = time.perf_counter() - start
             # summed over processes: clocks differ, and all must stop after the same epoch
-            out_of_budget = distributed.all_sum(float(epoch < cfg.epochs and elapsed + elapsed / epoch > budget))[0] > 0
+            out_of_budget = cut or distributed.all_sum(float(epoch < cfg.epochs and elapsed + elapsed / epoch > budget))[0] > 0
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_budget:
                 valid = evaluate(self, split.valid, protocol)
                 row["valid"] = {k: round(v, 6) for k, v in valid.items() if k not in ("cases", "eval_seconds")}
@@ -359,8 +417,11 @@ class SequentialRecommender(ScoringRecommender):
                 if valid[metric] > fs.best_value:
                     fs.best_value, fs.best_epoch, fs.best_valid = valid[metric], epoch, row["valid"]
                     best_state = self._state_copy()
+                if on_validation is not None:
+                    on_validation(epoch, row["valid"])
             fs.history.append(row)
             elapsed = time.perf_counter() - start
+            curves.log(**row, lr=optimizer.param_groups[0]["lr"], seconds=round(elapsed, 2))
             note = ""
             if "valid" in row:
                 v = row["valid"]
@@ -391,8 +452,10 @@ class SequentialRecommender(ScoringRecommender):
         }
 
     def _train_steps(self, step_module: nn.Module, accelerator: Accelerator, windows: np.ndarray, lengths: np.ndarray,
-                     batches: list[np.ndarray], optimizer, fs: "FitState", save: Callable[[], None], start: float) -> None:
-        """The rest of the current epoch, from step ``fs.step``; a checkpoint every ``checkpoint_every`` steps."""
+                     batches: list[np.ndarray], optimizer, fs: "FitState", save: Callable[[], None], start: float,
+                     budget: float = math.inf, weights: torch.Tensor | None = None) -> bool:
+        """The rest of the current epoch, from step ``fs.step``; a checkpoint every ``checkpoint_every`` steps.
+        Returns True when the time budget ran out inside the epoch (the remaining steps are skipped)."""
         cfg = self.config
         world, me = accelerator.num_processes, accelerator.process_index
         self.net.train()
@@ -404,7 +467,7 @@ class SequentialRecommender(ScoringRecommender):
             mine = idx[me::world]  # every process drew the same batch: it trains on its slice
             width = int(lengths[mine].max()) if len(mine) else 1
             batch = torch.from_numpy(windows[mine, :width]).to(self.device)
-            loss, loss_sum = step_module(batch, global_targets, world)
+            loss, loss_sum = step_module(batch, global_targets, world, self._negatives(weights, fs.epoch, fs.step))
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
@@ -420,8 +483,15 @@ class SequentialRecommender(ScoringRecommender):
                 self.net.eval()  # a checkpoint never changes the training mode the next step sees
                 save()
                 self.net.train()
+            # all processes read one verdict: their clocks differ, and they must stop at the same step
+            if budget < math.inf and fs.step < len(batches) and \
+                    distributed.all_sum(float(time.perf_counter() - start > budget))[0] > 0:
+                bar.close()
+                self.net.eval()
+                return True
         bar.close()
         self.net.eval()
+        return False
 
     def _checkpoint(self, directory: Path, fs: "FitState", optimizer, best_state: dict, rng) -> None:
         opt_tensors, opt_meta = optimizer_state(optimizer)

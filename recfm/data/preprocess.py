@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recfm.data.dataset import SequenceDataset
 from recfm.data.schema import EmptyDatasetError, RawDataset
+from recfm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def preprocess(raw: RawDataset, cfg: PrepConfig | None = None) -> SequenceDatase
     inter = raw.interactions.with_row_index("_row").drop_nulls(["user_id", "item_id"])
     if cfg.min_rating is not None:
         if "rating" not in inter.columns:
-            raise ValueError(f"{raw.name}: min_rating={cfg.min_rating} but the source has no ratings")
+            raise ConfigError(f"{raw.name}: prep.min_rating={cfg.min_rating} but the source has no ratings "
+                              "(leave prep.min_rating unset for implicit feedback)")
         inter = inter.filter(pl.col("rating") >= cfg.min_rating)
     if cfg.drop_repeats:
         # "first" in time, not in the file: sort as the sequences will be (timestamp, then file row)
@@ -93,7 +95,7 @@ def preprocess(raw: RawDataset, cfg: PrepConfig | None = None) -> SequenceDatase
     fields = cfg.text_fields if cfg.text_fields is not None else raw.text_fields
     unknown = [f for f in fields if f not in raw.items.columns]
     if unknown:
-        raise ValueError(f"{raw.name}: text_fields {unknown} not in the catalog (has {raw.text_fields})")
+        raise ConfigError(f"{raw.name}: prep.text_fields {unknown} not in the catalog (it has {raw.text_fields})")
     catalog = {r["item_id"]: r for r in raw.items.iter_rows(named=True)}
     title_field = next((f for f in TITLE_FIELDS if f in raw.items.columns), fields[0] if fields else None)
     texts, titles = [], []

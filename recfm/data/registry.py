@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from recfm.errors import RecfmError
 from recfm.data.cache import atomic_directory, cache_key, cache_root, fingerprint_files
 from recfm.data.dataset import concat_datasets, FORMAT_VERSION, SequenceDataset
 from recfm.data.preprocess import PrepConfig, preprocess
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(RecfmError, FileNotFoundError):
     pass
 
 
@@ -129,10 +130,13 @@ def load_dataset(
     target = cache_root() / "prepared" / f"{name}-{key}"
     if use_cache and not refresh and (target / "meta.json").is_file():
         log.info("%s: prepared data from cache %s", name, target)
-        return SequenceDataset.load(target)
+        dataset = SequenceDataset.load(target)
+        dataset.fingerprint = key
+        return dataset
     log.info("%s: reading %s (%s)", name, path, fmt)
     raw = FORMATS[fmt].load(path, name=name)
     dataset = preprocess(raw, prep)
+    dataset.fingerprint = key
     if use_cache:
         with atomic_directory(target) as tmp:
             dataset.save(tmp)

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from recfm.errors import RecfmError
+
 Kind = Literal["causal_lm", "encoder", "seq2seq"]
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(RecfmError, RuntimeError):
     """A model cannot be loaded here; the message says what fixes it (a pip command, a path, internet)."""
 
 

@@ -6,9 +6,11 @@
 
 A run directory holds ``config.yaml``, ``tmole.safetensors`` + ``tasks.json`` (the adapter; the
 backbone is named in the config), ``history.json`` (losses, S2Sched ratios per step, merge),
-``metrics.json`` (per-task test scores), ``sample_ratios.png`` (Figure 3) and
-``routing_similarity.png`` (Figure 2). Records are built once per data config and cached as JSONL
-under ``<output>/../records-<hash>/`` or the path given by ``data.records_dir``.
+``metrics.json`` (per-task test scores), ``sample_ratios.png`` (Figure 3),
+``routing_similarity.png`` (Figure 2), and ``history.jsonl`` + ``curves.png`` (a line per step and
+per validation pass, recfm/curves.py; ``tensorboard/`` with ``train.report_to: tensorboard``).
+Records are built once per data config and cached as JSONL under ``<output>/../records-<hash>/``
+or the path given by ``data.records_dir``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from recfm.errors import RecfmError
 from recfm import distributed
 from recfm.multitask.records import EMB_TASKS, GEN_TASKS, SPLITS, MovieLensTasks, TaskConfig, read_records, write_records
 from recfm.multitask.trainer import MultiTaskConfig
@@ -180,7 +183,7 @@ def _score(model, records, config: MultiTaskRunConfig) -> dict:
     return score_tasks(model, {t: records[t]["test"] for t in kinds}, kinds, config.train.eval_records)
 
 
-class MultiTaskRunError(RuntimeError):
+class MultiTaskRunError(RecfmError, RuntimeError):
     pass
 
 
@@ -209,6 +212,9 @@ def train_run(config: MultiTaskRunConfig, output: Path, records=None, model=None
 
     distributed.init()  # under torchrun / accelerate launch each process trains on its share of every batch
     main = distributed.is_main()
+    from recfm.curves import require_integrations
+
+    require_integrations(config.train.report_to)  # report_to: tensorboard without it installed: before any write
     if resume:
         _check_resumable(config, output)
     if main:
@@ -238,7 +244,16 @@ def evaluate_run(run_dir: Path) -> dict:
     from recfm.multitask.model import load_multitask_model
     from recfm.multitask.trainer import load_adapter, task_specs
 
-    config = load_run_config(run_dir / "config.yaml")
+    run_dir = Path(run_dir)
+    if not (run_dir / "tmole.safetensors").is_file() or not (run_dir / "config.yaml").is_file():
+        what = "a recfm train run" if (run_dir / "model").is_dir() or (run_dir / "item_ids.tsv").is_file() else "a folder"
+        raise MultiTaskRunError(f"{run_dir} is not a multitask run (it is {what} without tmole.safetensors and "
+                                "config.yaml): give a `recfm multitask train` output; other runs: `recfm evaluate --run`")
+    try:
+        config = load_run_config(run_dir / "config.yaml")
+    except Exception as e:  # a config of another kind of run, or a damaged one
+        raise MultiTaskRunError(f"{run_dir / 'config.yaml'} is not a multitask run config: "
+                                f"{' '.join(str(e).split())[:300]}") from None
     records = build_records(config.data, run_dir.parent)
     model = load_multitask_model(task_specs(records), config.train.model)
     load_adapter(model, run_dir)

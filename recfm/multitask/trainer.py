@@ -32,6 +32,7 @@ from recfm import distributed
 from recfm.checkpoint import (Checkpoint, check_same_config, load_latest, load_optimizer_state, load_rng_state,
                               optimizer_state, rng_state, save_checkpoint)
 from recfm.compute import training_context
+from recfm.curves import REPORT_TO_HELP, ReportTo, TrainingHistory
 from recfm.multitask.merge import ties_merge
 from recfm.multitask.model import MultiTaskModel, MultiTaskModelConfig, TaskSpec
 from recfm.multitask.records import GenRecord
@@ -59,10 +60,11 @@ class MultiTaskConfig(BaseModel):
     checkpoint_every: int = Field(25, ge=0, description="write a resumable checkpoint every this many steps (0 = never)")
     num_threads: int | None = Field(None, ge=1)
     seed: int = 0
+    report_to: ReportTo = Field("none", description=REPORT_TO_HELP)
 
 
 # Settings that may differ on resume without changing what is computed.
-RESUME_FREE = {"num_threads", "max_minutes", "checkpoint_every", "eval_records"}
+RESUME_FREE = {"num_threads", "max_minutes", "checkpoint_every", "eval_records", "report_to"}
 CHECKPOINTS = "checkpoints"
 
 
@@ -114,7 +116,8 @@ def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig
                     resume: bool = False) -> dict:
     """Train ``model`` on every task's ``train`` records; returns the history (losses, schedules, merge).
     With ``output_dir``, checkpoints go to ``output_dir/checkpoints``; ``resume`` continues from the
-    newest one there (none: a fresh start)."""
+    newest one there (none: a fresh start); every step and every validation pass is a line of
+    ``output_dir/history.jsonl`` and ``curves.png`` is drawn when training ends."""
     kinds = {t.name: t.kind for t in model.tasks}
     gen_tasks = [t for t in kinds if kinds[t] == "generative" and records[t].get("train")]
     emb_tasks = [t for t in kinds if kinds[t] == "embedding" and records[t].get("train")]
@@ -138,11 +141,15 @@ def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig
     state = _TrainState(model, optimizer, pools, scheds, history, snapshots, initial, config)
     from tqdm.auto import tqdm
 
-    with training_context(config.num_threads, config.seed):
+    curves = TrainingHistory(output_dir, config.report_to, x="step", valid_label="validation loss per task",
+                             title="multitask")
+    with training_context(config.num_threads, config.seed), curves:
         found = load_latest(folder) if resume and folder is not None else None
         start, elapsed = state.restore(found) if found is not None else (0, 0.0)
         if found is not None:
             say(f"resumed from the checkpoint at step {start} of {config.steps}")
+        # one line per step and per validation pass the checkpoint holds; later ones are dropped
+        curves.start(keep=len(history["steps"]) + len(history["valid"]), elapsed=elapsed)
         initial = state.initial
         t0 = time.perf_counter() - elapsed
         model.model.train()
@@ -155,6 +162,8 @@ def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig
                 losses = _validation_losses(model, valid, kinds)
                 model.model.train()
                 history["valid"].append({"step": step - 1, **losses})
+                curves.log(step=step - 1, valid={t: round(v, 6) for t, v in losses.items()},
+                           seconds=round(time.perf_counter() - t0, 2))
                 for b, sched in scheds.items():
                     if all(t in losses for t in sched.tasks):
                         sched.record(step - 1, {t: losses[t] for t in sched.tasks})
@@ -173,6 +182,9 @@ def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig
             history["loss"].append(gen_value + emb_value)
             history["gen_loss"].append(gen_value)
             history["emb_loss"].append(emb_value)
+            curves.log(step=step, loss=round(gen_value + emb_value, 6), gen_loss=round(gen_value, 6),
+                       emb_loss=round(emb_value, 6), lr=optimizer.param_groups[0]["lr"],
+                       seconds=round(time.perf_counter() - t0, 2))
             bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", refresh=False)
             if step in keep_at:
                 snapshots.append(model.tmole.state_dict())

@@ -1,35 +1,51 @@
 """The HTTP API of a trained run (FastAPI). ``recfm serve --run DIR`` starts it with uvicorn.
 
     POST /recommend  {"history": ["1193", "661"], "k": 10, "exclude_history": true}
-                     {"titles": ["Toy Story (1995)"], "k": 5}
+                     {"titles": ["Toy Story"], "k": 5, "fuzzy": false}
     POST /embed      {"history": [...]} or {"titles": [...]}   (models with embeddings)
-    GET  /health     model, dataset, catalog size, batching counters
-    GET  /docs, /openapi.json
+    GET  /health     model, dataset, catalog size, limits (max_k, search_beam), batching counters
+    GET  /docs, /redoc, /openapi.json   (the documentation pages' scripts are served from here: no CDN)
 
-Request checks (item ids, titles, sizes) run in the request handler, before batching, so a bad
-request is answered 4xx on its own and never fails the batch it would have joined.
+Request checks (content type, types, item ids, titles, sizes) run in the request handler, before
+batching, so a bad request is answered 4xx on its own and never fails the batch it would have
+joined. Every error is ``{"error": "..."}`` (:class:`ErrorResponse`), and the OpenAPI schema
+lists each status an endpoint sends. A 5xx answer never carries exception text: the traceback
+goes to the log.
 """
 
-from __future__ import annotations
-
 import asyncio
+import importlib.util
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recfm import __version__
-from recfm.serve.batching import MAX_BATCH, MAX_QUEUE, MAX_WAIT_MS, MicroBatcher, Overloaded
+from recfm.serve.batching import MAX_BATCH, MAX_QUEUE, MAX_WAIT_MS, MicroBatcher, Overloaded, WorkerStopped
 from recfm.serve.service import RecommendationService, RequestError
 
 log = logging.getLogger("recfm.serve")
 MAX_BODY_BYTES = 1 << 20
+ASSETS_URL = "/docs/assets"  # Swagger UI and ReDoc scripts, from the installed package fastapi-offline
+
+
+def docs_assets() -> Path | None:
+    """The folder of the Swagger UI / ReDoc files that ship in the ``fastapi-offline`` package
+    (found without importing it); None if it is not installed."""
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "static"
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
 
 
 def _id_text(value):
@@ -40,16 +56,45 @@ ItemId = Annotated[str, BeforeValidator(_id_text)]  # MovieLens ids are numbers;
 
 
 class HistoryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     history: list[ItemId] | None = Field(
         None, description="the user's items, oldest first, as the dataset's item ids (numbers are read as ids)")
-    titles: list[str] | None = Field(None, description="or the items as free-text titles, matched to the catalog")
+    titles: list[str] | None = Field(
+        None, description="or the items as free-text titles, matched to the catalog; a title without an exact or "
+        "high-confidence match is refused (422, with the closest catalog titles) unless `fuzzy` is true")
+    fuzzy: bool = Field(False, description="take the closest catalog title (score 0.6 or more) for a title without a "
+                        "confident match; the reply's `resolved` shows what each title became")
 
 
-class RecommendRequest(HistoryRequest):
-    k: int = Field(10, description="number of items to return")
-    exclude_history: bool = Field(True, description="never recommend an item of the history")
+class Candidate(BaseModel):
+    item_id: str
+    title: str = Field(description="the catalog's title")
+    score: float = Field(description="similarity in [0, 1]; 1.0: the same title up to case, accents, punctuation, "
+                         "a trailing (year) and the article")
+
+
+class UnmatchedTitle(BaseModel):
+    given: str = Field(description="the title as sent")
+    ambiguous: bool = Field(description="several catalog items have this title")
+    candidates: list[Candidate] = Field(description="the closest catalog titles, best first")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer."""
+
+    error: str = Field(description="what is wrong and how to fix it (5xx: a generic message, details are logged)")
+    unmatched: list[UnmatchedTitle] | None = Field(
+        None, description="422 for titles without a confident match only: each one with its candidates")
+
+
+class ResolvedTitle(BaseModel):
+    given: str = Field(description="the title as sent")
+    item_id: str
+    title: str = Field(description="the catalog title it was matched to")
+    score: float = Field(description="similarity in [0, 1] (1.0: the same title up to case, accents, punctuation, "
+                         "year and article)")
+    exact: bool = Field(description="the normalized text is the catalog title itself")
 
 
 class RecommendedItem(BaseModel):
@@ -63,17 +108,70 @@ class RecommendedItem(BaseModel):
 class RecommendResponse(BaseModel):
     model: str
     history: list[str] = Field(description="the history as resolved item ids")
+    resolved: list[ResolvedTitle] | None = Field(description="for `titles`: what each title was matched to; "
+                                                 "null for item ids")
     items: list[RecommendedItem]
 
 
 class EmbedResponse(BaseModel):
     model: str
     dim: int
+    resolved: list[ResolvedTitle] | None = Field(None, description="for `titles`: what each title was matched to")
     embedding: list[float]
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": message})
+class HealthResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: str
+    run: str = Field(description="the run directory")
+    model: str
+    dataset: str
+    n_items: int
+    textual_ids: bool = Field(description="items have textual IDs (textid runs)")
+    embeddings: bool = Field(description="POST /embed is available")
+    max_history: int
+    max_k: int = Field(description="the largest k /recommend accepts (for a textid run: its search beam)")
+    search_beam: int | None = Field(description="beam-search models: the fixed beam every k up to max_k is "
+                                    "answered with; null for score-based models")
+    batches: int
+    batched_requests: int
+
+
+ERRORS = {
+    400: "the body is not valid JSON (or not UTF-8 text)",
+    413: "the body is over 1 MiB, or the history is longer than the server's max_history",
+    415: "the body is not sent as Content-Type: application/json",
+    422: "a request the client can fix: wrong types (strict: no \"3\" for 3, no 1 for true), unknown fields, both or "
+         "neither of history/titles, an empty history, unknown item ids, titles without a confident match "
+         "(`unmatched` lists the candidates) or too long, k outside 1..max_k",
+    500: "a bug: logged with its traceback on the server; the reply says only that it happened",
+    501: "the model of this run has no embeddings",
+    503: "the server is overloaded (more requests waiting than --max-queue; Retry-After: 1) or its model worker "
+         "stopped (restart the server)",
+}
+
+
+def _responses(*statuses: int) -> dict:
+    return {s: {"model": ErrorResponse, "description": ERRORS[s]} for s in statuses}
+
+
+def _error(status: int, message: str, headers: dict | None = None, **details) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message, **details}, headers=headers)
+
+
+def _is_json(content_type: str) -> bool:
+    main = content_type.split(";", 1)[0].strip().lower()
+    kind, _, sub = main.partition("/")
+    return kind == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+async def json_body(request: Request) -> None:
+    """415 for a body that is not declared as JSON (runs before the body is validated)."""
+    content_type = request.headers.get("content-type", "")
+    if not _is_json(content_type):
+        raise RequestError(f"send the body as JSON with 'Content-Type: application/json' "
+                           f"(got {content_type or 'no Content-Type'!r})", status=415)
 
 
 class BodyLimit:
@@ -124,14 +222,28 @@ def create_app(service: RecommendationService, max_batch: int = MAX_BATCH, max_w
 
     batcher = MicroBatcher(run_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
 
+    class RecommendRequest(HistoryRequest):
+        k: int = Field(service.default_k, ge=1, le=service.max_k,
+                       description="number of items to return" + (
+                           f"; at most the run's search beam ({service.search_beam}), which answers every k with the "
+                           "same search" if service.search_beam is not None and service.max_k == service.search_beam
+                           else ""))
+        exclude_history: bool = Field(True, description="never recommend an item of the history. Default true here; "
+                                      "`recfm recommend` keeps the history unless given --exclude-history, as the "
+                                      "evaluation protocol does")
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await batcher.start()
         yield
         await batcher.stop()
 
-    app = FastAPI(title=f"recfm: {service.model_name} on {service.data.name}", version=__version__, lifespan=lifespan,
-                  description="Top-K recommendations of a trained recfm run.")
+    app = FastAPI(
+        title=f"recfm: {service.model_name} on {service.data.name}", version=__version__, lifespan=lifespan,
+        docs_url=None, redoc_url=None,
+        description="Top-K recommendations of a trained recfm run. Every error answer is `{\"error\": \"...\"}` "
+                    "(ErrorResponse); besides the statuses listed per endpoint, an unknown path is 404 and a wrong "
+                    "method 405, in the same form.")
     app.state.service = service
     app.state.batcher = batcher
 
@@ -139,7 +251,7 @@ def create_app(service: RecommendationService, max_batch: int = MAX_BATCH, max_w
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, e: RequestError):
-        return _error(e.status, str(e))
+        return _error(e.status, str(e), **e.details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException):
@@ -147,11 +259,16 @@ def create_app(service: RecommendationService, max_batch: int = MAX_BATCH, max_w
         # the same {"error": ...} form as every other error
         message = "the body is not valid JSON (it is not UTF-8 text)" if e.detail == "There was an error parsing the body" \
             else str(e.detail)
-        return JSONResponse(status_code=e.status_code, content={"error": message}, headers=getattr(e, "headers", None))
+        return _error(e.status_code, message, headers=getattr(e, "headers", None))
 
     @app.exception_handler(Overloaded)
     async def overloaded(_: Request, e: Overloaded):
-        return JSONResponse(status_code=503, content={"error": str(e)}, headers={"Retry-After": "1"})
+        return _error(503, str(e), headers={"Retry-After": "1"})
+
+    @app.exception_handler(WorkerStopped)
+    async def worker_stopped(_: Request, e: WorkerStopped):
+        log.error("request refused: %s", e)
+        return _error(503, "the model worker has stopped; restart the server")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, e: RequestValidationError):
@@ -159,40 +276,77 @@ def create_app(service: RecommendationService, max_batch: int = MAX_BATCH, max_w
         if any(err.get("type") == "json_invalid" for err in errors):
             return _error(400, "the body is not valid JSON: " + "; ".join(str(err.get("ctx", {}).get("error", ""))
                                                                           for err in errors))
-        parts = [f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'body'}: {err.get('msg')}"
-                 for err in errors]
+        parts = []
+        for err in errors:
+            loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+            if loc == ["k"] and err.get("type") in ("greater_than_equal", "less_than_equal"):
+                parts.append(service.k_message(err.get("input")))
+            else:
+                parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg')}")
         return _error(422, "; ".join(parts))
 
     @app.exception_handler(Exception)
     async def server_error(_: Request, e: Exception):
-        log.exception("request failed")
-        return _error(500, f"internal error: {type(e).__name__}: {e}")
+        log.exception("request failed")  # the traceback stays in the log; the client learns nothing of the code
+        return _error(500, "internal error: the server logged it")
 
-    @app.get("/health")
+    @app.get("/health", response_model=HealthResponse, responses=_responses(500))
     async def health() -> dict:
         return {"status": "ok", **service.info(), "batches": batcher.batches, "batched_requests": batcher.requests}
 
-    async def resolve(body: HistoryRequest) -> list[int]:
+    async def resolve(body: HistoryRequest) -> tuple[list[int], list[dict] | None]:
         if body.titles is None or body.history is not None:  # item ids (or a request resolve refuses)
-            return service.resolve(body.history, body.titles)
+            return service.resolve_history(body.history, body.titles)
         # fuzzy title matching scans the catalog: off the event loop, so other requests go on
-        return await run_in_threadpool(service.resolve, None, body.titles)
+        return await run_in_threadpool(service.resolve_history, None, body.titles, body.fuzzy)
 
-    @app.post("/recommend", response_model=RecommendResponse)
+    @app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(json_body)],
+              responses=_responses(400, 413, 415, 422, 500, 503))
     async def recommend(body: RecommendRequest) -> dict:
-        history = await resolve(body)
+        history, resolved = await resolve(body)
         k = service.check_k(body.k)
         items = await batcher.submit((history, k, body.exclude_history))
-        return {"model": service.model_name, "history": [service.data.item_ids[i - 1] for i in history], "items": items}
+        return {"model": service.model_name, "history": [service.data.item_ids[i - 1] for i in history],
+                "resolved": resolved, "items": items}
 
-    @app.post("/embed", response_model=EmbedResponse)
+    @app.post("/embed", response_model=EmbedResponse, dependencies=[Depends(json_body)],
+              responses=_responses(400, 413, 415, 422, 500, 501, 503))
     async def embed(body: HistoryRequest) -> dict:
         if not service.can_embed:
             service.embed([])  # raises the 501 with its message
-        history = await resolve(body)
+        history, resolved = await resolve(body)
         # on the model's own thread: the model is never called from two threads at once
         vectors = await asyncio.get_running_loop().run_in_executor(batcher.executor, service.embed, [history])
         vector = vectors[0]
-        return {"model": service.model_name, "dim": len(vector), "embedding": vector.tolist()}
+        return {"model": service.model_name, "dim": len(vector), "resolved": resolved, "embedding": vector.tolist()}
 
+    _add_docs(app)
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts, styles and icon served by this server, so the
+    pages work without a network; the assets come from the installed package fastapi-offline."""
+    assets = docs_assets()
+    if assets is not None:
+        app.mount(ASSETS_URL, StaticFiles(directory=str(assets)), name="docs-assets")
+
+    def page(request: Request, render) -> HTMLResponse:
+        if assets is None:
+            return _error(501, "the API pages need the package fastapi-offline (pip install fastapi-offline); "
+                               "the schema itself is at /openapi.json")
+        root = request.scope.get("root_path", "").rstrip("/")
+        return render(root)
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger(request: Request) -> HTMLResponse:
+        return page(request, lambda root: get_swagger_ui_html(
+            openapi_url=root + app.openapi_url, title=f"{app.title} - API", swagger_js_url=f"{root}{ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{ASSETS_URL}/swagger-ui.css", swagger_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None}))  # no badge fetched from an online validator
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        return page(request, lambda root: get_redoc_html(
+            openapi_url=root + app.openapi_url, title=f"{app.title} - API", redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png", with_google_fonts=False))

@@ -22,6 +22,10 @@ class Overloaded(RuntimeError):
     """More requests are waiting than the queue holds: the client should retry later (503)."""
 
 
+class WorkerStopped(RuntimeError):
+    """The worker task that runs the model is gone: no request can be answered (503)."""
+
+
 class MicroBatcher:
     def __init__(self, handler: Callable[[Sequence[Any]], Sequence[Any]], max_batch: int = MAX_BATCH,
                  max_wait_ms: float = MAX_WAIT_MS, max_queue: int = MAX_QUEUE):
@@ -56,7 +60,7 @@ class MicroBatcher:
         if self.queue is None:
             raise RuntimeError("MicroBatcher.start() was not awaited")
         if self.worker is None or self.worker.done():  # never wait on a worker that is gone
-            raise RuntimeError("the model worker has stopped; restart the server")
+            raise WorkerStopped("the model worker has stopped; restart the server")
         future = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait((item, future))

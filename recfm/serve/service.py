@@ -1,7 +1,8 @@
 """What the server (and `recfm recommend`) does with a trained run, without any HTTP.
 
     service = RecommendationService.from_run("runs/ml1m-sasrec")
-    hist = service.resolve(item_ids=["1193", "661"])          # or titles=["Toy Story (1995)"]
+    hist = service.resolve(item_ids=["1193", "661"])
+    hist, how = service.resolve_history(titles=["Toy Story"])  # how: each title's match and score
     [answer] = service.recommend([hist], ks=[10], exclude_history=[True])
 
 Every model is reached through the one Recommender seam (``recommend``), so SASRec, GRU4Rec,
@@ -12,6 +13,7 @@ Pop and the textual-ID recommender are served by the same code. Errors a client 
 from __future__ import annotations
 
 import difflib
+import heapq
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -22,11 +24,13 @@ import numpy as np
 
 
 class RequestError(ValueError):
-    """A request the client can fix; ``status`` is the HTTP status the server answers with."""
+    """A request the client can fix; ``status`` is the HTTP status the server answers with and
+    ``details`` (optional) extra fields of the JSON error body (e.g. the candidates of a title)."""
 
-    def __init__(self, message: str, status: int = 422):
+    def __init__(self, message: str, status: int = 422, details: dict | None = None):
         super().__init__(message)
         self.status = status
+        self.details = details or {}
 
 
 def normalize_title(title: str) -> str:
@@ -35,30 +39,117 @@ def normalize_title(title: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9]+", " ", text).split())
 
 
+_YEAR = re.compile(r"\s*\(\s*\d{4}(?:\s*[-/]\s*\d{2,4})?\s*\)\s*$")  # "Toy Story (1995)"
+_ARTICLES = "the|a|an|les|la|le|l'|il|das|der|die|el|los|las|den|det"
+_TRAILING_ARTICLE = re.compile(rf"^(.*\S)\s*,\s*({_ARTICLES})$", re.IGNORECASE)  # "Matrix, The"
+_LEADING_ARTICLE = re.compile(rf"^(?:{_ARTICLES})\s+(?=\S)", re.IGNORECASE)  # "The Matrix"
+
+
+def title_forms(text: str) -> list[str]:
+    """The normalized forms of a title that count as the same title: the whole text first, then
+    without a trailing ``(year)``, with a trailing article moved to the front (MovieLens writes
+    "Matrix, The (1999)") and without its article ("Matrix")."""
+    base = _YEAR.sub("", text).strip()
+    trailing = _TRAILING_ARTICLE.match(base)
+    if trailing:
+        core, article = trailing.group(1), trailing.group(2)
+        front = article + ("" if article.endswith("'") else " ") + core
+    else:
+        core, front = _LEADING_ARTICLE.sub("", base), base
+    forms: list[str] = []
+    for t in (text, base, front, core):
+        n = normalize_title(t)
+        if n and n not in forms:
+            forms.append(n)
+    return forms
+
+
+@dataclass
+class TitleMatch:
+    """How a free-text title matched the catalog. ``item`` is the best item (1-based, None when no
+    title is similar at all), ``score`` its similarity in [0, 1] (1.0: the same title up to case,
+    accents, punctuation, a trailing year and the article), ``exact`` whether the normalized text
+    is the catalog title itself, ``confident`` whether it may be taken without the client's
+    consent (one item at 1.0, or one above ``TitleIndex.high`` and clearly ahead of the next), and
+    ``candidates`` the closest items ``(item, score)``, best first."""
+
+    item: int | None
+    score: float
+    exact: bool
+    confident: bool
+    ambiguous: bool
+    candidates: list[tuple[int, float]]
+
+
 class TitleIndex:
-    """Free-text titles to catalog items: an exact match of the normalized title first, then the
-    closest title (difflib ratio >= ``cutoff``). Ambiguous exact matches take the first item in
-    catalog order, so an answer never depends on dict ordering."""
+    """Free-text titles to catalog items, with a score a client can judge.
 
-    def __init__(self, titles: Sequence[str], cutoff: float = 0.75):
-        self.cutoff = cutoff
-        self.normalized = [normalize_title(t or "") for t in titles]
-        self.exact: dict[str, int] = {}
-        for i, t in enumerate(self.normalized, 1):
-            if t:
-                self.exact.setdefault(t, i)
+    Equal forms (:func:`title_forms`) score 1.0: the whole normalized title (``exact``), or the
+    title without its year or article. Otherwise the score is difflib's similarity ratio of the
+    closest forms; a text whose words are part of a longer title ("star wars" in "Star Wars:
+    Episode IV - A New Hope") scores at least 0.8, up to 0.89 by how much of the title it covers,
+    so the title ranks among the candidates but is never taken without the client's consent.
 
-    def match(self, text: str) -> tuple[int | None, list[str]]:
-        """(1-based item index or None, close titles to suggest when nothing matched)."""
-        key = normalize_title(text)
-        if not key:
-            return None, []
-        if key in self.exact:
-            return self.exact[key], []
-        close = difflib.get_close_matches(key, self.exact.keys(), n=3, cutoff=min(self.cutoff, 0.5))
-        if close and difflib.SequenceMatcher(None, key, close[0]).ratio() >= self.cutoff:
-            return self.exact[close[0]], []
-        return None, close
+    A match is ``confident`` when one item scores 1.0, or when the best item scores at least
+    ``high`` (a typo) and every other item at least ``margin`` less. Several items at 1.0 (five
+    films called "Hamlet") are ``ambiguous``. Ties are broken by catalog order, so an answer never
+    depends on dict ordering."""
+
+    def __init__(self, titles: Sequence[str], high: float = 0.9, margin: float = 0.05, n_candidates: int = 5,
+                 suggest: float = 0.4):
+        self.high, self.margin, self.n_candidates, self.suggest = high, margin, n_candidates, suggest
+        self.exact: dict[str, list[int]] = {}
+        self.alias: dict[str, list[int]] = {}
+        self.items: list[tuple[int, list[str]]] = []  # (item, its forms), catalog order
+        for i, title in enumerate(titles, 1):
+            forms = title_forms(title or "")
+            if forms:
+                self.exact.setdefault(forms[0], []).append(i)
+                self.items.append((i, forms))
+            for f in forms:
+                self.alias.setdefault(f, []).append(i)
+
+    def match(self, text: str) -> TitleMatch:
+        forms = title_forms(text)
+        if not forms:
+            return TitleMatch(None, 0.0, False, False, False, [])
+        same = self.exact.get(forms[0]) or []
+        exact = bool(same)
+        if not same:
+            same = sorted({i for f in forms for i in self.alias.get(f, [])})
+        if same:
+            cands = [(i, 1.0) for i in same[: max(self.n_candidates, 1)]]
+            return TitleMatch(same[0], 1.0, exact, len(same) == 1, len(same) > 1, cands)
+        scores = self._similar(forms)
+        ranked = sorted(scores.items(), key=lambda x: (-x[1], x[0]))[: self.n_candidates]
+        if not ranked:
+            return TitleMatch(None, 0.0, False, False, False, [])
+        best, score = ranked[0]
+        runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
+        confident = score >= self.high and score - runner_up >= self.margin
+        return TitleMatch(best, score, False, confident, False, ranked)
+
+    def _similar(self, queries: list[str]) -> dict[int, float]:
+        """The ``n_candidates`` most similar items -> their score (3 decimals), each at least ``suggest``.
+        Items whose bound (difflib's quick ratios) cannot reach the current top are skipped."""
+        top: list[tuple[float, int]] = []  # min-heap of (score, -item): the best n so far
+        # one matcher per query: difflib caches what it learns of the second sequence
+        matchers = [(query, f" {query} ", difflib.SequenceMatcher(None, "", query, autojunk=False)) for query in queries]
+        for item, forms in self.items:
+            best = 0.0
+            for query, pad, matcher in matchers:
+                for form in forms:
+                    score = 0.0
+                    if len(form) > len(query) and pad in f" {form} ":  # whole words of a longer title
+                        score = 0.8 + 0.09 * len(query) / len(form)
+                    floor = max(self.suggest, score, best, top[0][0] if len(top) >= self.n_candidates else 0.0)
+                    matcher.set_seq1(form)
+                    if matcher.real_quick_ratio() >= floor and matcher.quick_ratio() >= floor:
+                        score = max(score, matcher.ratio())
+                    best = max(best, score)
+            if best >= self.suggest and (len(top) < self.n_candidates or (best, -item) > top[0]):
+                (heapq.heappush if len(top) < self.n_candidates else heapq.heapreplace)(top, (best, -item))
+        return {-neg: round(score, 3) for score, neg in top}
 
 
 @dataclass
@@ -68,8 +159,24 @@ class Limits:
     max_title_chars: int = 300  # fuzzy matching costs grow with the text: a title is not an essay
 
 
+def search_beam(model) -> int | None:
+    """The fixed beam of a beam-search model (textid: ``TextIDRecommender.search_beam``, reached
+    through ``TextIDModel.rec``), None for a score-based model."""
+    for obj in (model, getattr(model, "rec", None)):
+        beam = getattr(obj, "search_beam", None)
+        if isinstance(beam, int) and not isinstance(beam, bool) and beam > 0:
+            return beam
+    return None
+
+
 class RecommendationService:
-    """A loaded run: the catalog, the model behind the Recommender seam, request checks."""
+    """A loaded run: the catalog, the model behind the Recommender seam, request checks.
+
+    ``max_k`` is the most items a request may ask for: ``limits.max_k``, and for a beam-search
+    model at most its beam, since every k up to the beam is answered by the same search (so the
+    top k of a larger request starts with the answer to a smaller one)."""
+
+    fuzzy_floor = 0.6  # with fuzzy matching allowed, the closest title is taken when it scores at least this
 
     def __init__(self, model, data, *, model_name: str, run_dir: str = "", limits: Limits | None = None):
         self.model = model
@@ -80,12 +187,16 @@ class RecommendationService:
         self.index = data.item_index()
         self.titles = TitleIndex(data.item_titles)
         self.textual_ids = model.textual_ids() if hasattr(model, "textual_ids") else None
+        self.search_beam = search_beam(model)
+        self.max_k = min(self.limits.max_k, self.search_beam or self.limits.max_k)
+        self.default_k = min(10, self.max_k)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, limits: Limits | None = None) -> "RecommendationService":
+    def from_run(cls, run_dir: str | Path, limits: Limits | None = None,
+                 allow_data_change: bool = False) -> "RecommendationService":
         from recfm.runs import load_run
 
-        run, data, model = load_run(Path(run_dir))
+        run, data, model = load_run(Path(run_dir), allow_data_change=allow_data_change)
         return cls(model, data, model_name=run.model["name"], run_dir=str(run_dir), limits=limits)
 
     @property
@@ -95,11 +206,21 @@ class RecommendationService:
     def info(self) -> dict:
         return {"run": self.run_dir, "model": self.model_name, "dataset": self.data.name, "n_items": self.data.n_items,
                 "textual_ids": self.textual_ids is not None, "embeddings": self.can_embed,
-                "max_history": self.limits.max_history, "max_k": self.limits.max_k}
+                "max_history": self.limits.max_history, "max_k": self.max_k, "search_beam": self.search_beam}
 
     # -- requests -------------------------------------------------------------------------
-    def resolve(self, item_ids: Sequence[str] | None = None, titles: Sequence[str] | None = None) -> list[int]:
+    def resolve(self, item_ids: Sequence[str] | None = None, titles: Sequence[str] | None = None,
+                fuzzy: bool = False) -> list[int]:
         """A history given as the dataset's item ids or as free-text titles -> 1-based item indices."""
+        return self.resolve_history(item_ids, titles, fuzzy)[0]
+
+    def resolve_history(self, item_ids: Sequence[str] | None = None, titles: Sequence[str] | None = None,
+                        fuzzy: bool = False, cli: bool = False) -> tuple[list[int], list[dict] | None]:
+        """(1-based item indices, for titles how each was matched: ``given``, ``item_id``, ``title``,
+        ``score``, ``exact``; None for item ids). A title without a confident match (see
+        :class:`TitleIndex`) is refused (422, its candidates in ``details["unmatched"]``) unless
+        ``fuzzy``, which takes the closest title (score ``fuzzy_floor`` or more) and says so. ``cli``:
+        the refusal's hints name the options of ``recfm recommend`` instead of the JSON fields."""
         if (item_ids is None) == (titles is None):
             raise RequestError("give the history as exactly one of 'history' (item ids) or 'titles' (free text)")
         given = list(item_ids if item_ids is not None else titles)
@@ -113,25 +234,49 @@ class RecommendationService:
             if unknown:
                 raise RequestError(f"{len(unknown)} item ids are not in {self.data.name}: {unknown[:5]} "
                                    f"(item ids are the dataset's own, e.g. {', '.join(self.data.item_ids[:3])})")
-            return [self.index[h] for h in given]
+            return [self.index[h] for h in given], None
         long = [i for i, t in enumerate(given) if len(t) > self.limits.max_title_chars]
         if long:
             raise RequestError(f"{len(long)} titles are longer than {self.limits.max_title_chars} characters "
                                f"(the first at position {long[0]})")
-        out, misses = [], []
+        items, resolved, unmatched = [], [], []
         for text in given:
-            item, close = self.titles.match(text)
-            if item is None:
-                misses.append(f"{text!r}" + (f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""))
+            m = self.titles.match(text)
+            if m.item is not None and (m.confident or (fuzzy and m.score >= self.fuzzy_floor)):
+                items.append(m.item)
+                resolved.append({"given": text, "item_id": self.data.item_ids[m.item - 1],
+                                 "title": self.data.item_titles[m.item - 1], "score": m.score, "exact": m.exact})
             else:
-                out.append(item)
-        if misses:
-            raise RequestError(f"{len(misses)} titles match no item of {self.data.name}: {'; '.join(misses[:5])}")
-        return out
+                unmatched.append({"given": text, "ambiguous": m.ambiguous,
+                                  "candidates": [{"item_id": self.data.item_ids[i - 1],
+                                                  "title": self.data.item_titles[i - 1], "score": s}
+                                                 for i, s in m.candidates]})
+        if unmatched:
+            raise RequestError(self._unmatched_message(unmatched, fuzzy, cli), details={"unmatched": unmatched})
+        return items, resolved
+
+    def _unmatched_message(self, unmatched: list[dict], fuzzy: bool, cli: bool = False) -> str:
+        parts = []
+        for u in unmatched[:5]:
+            close = ", ".join(f"{c['title']!r} (item {c['item_id']}, score {c['score']:.3f})" for c in u["candidates"])
+            what = "names several items" if u["ambiguous"] else "has no close title" if not close else "is not an exact match"
+            parts.append(f"{u['given']!r} {what}" + (f": {close}" if close else ""))
+        ids, closest = ("--history ITEM,ITEM", "--fuzzy") if cli else ("'history' (item ids)", '"fuzzy": true')
+        hint = (f"give the items as {ids} instead" if fuzzy or any(u["ambiguous"] for u in unmatched)
+                else f"give a catalog title, the items as {ids}, or {closest} to take the closest title")
+        n = len(unmatched)
+        return (f"{n} title{'s' if n != 1 else ''} match{'' if n != 1 else 'es'} no item of {self.data.name} "
+                f"with confidence: {'; '.join(parts)}"
+                f"{'; ...' if len(unmatched) > 5 else ''} ({hint})")
+
+    def k_message(self, k) -> str:
+        why = (f" (this {self.model_name} run searches a beam of {self.search_beam}: every k up to it is answered "
+               "by the same search)") if self.search_beam is not None and self.max_k == self.search_beam else ""
+        return f"k must be between 1 and {self.max_k}{why}, got {k}"
 
     def check_k(self, k: int) -> int:
-        if not 1 <= k <= self.limits.max_k:
-            raise RequestError(f"k must be between 1 and {self.limits.max_k}, got {k}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.max_k:
+            raise RequestError(self.k_message(k))
         return min(k, self.data.n_items)
 
     def describe(self, item: int) -> dict:
@@ -142,17 +287,17 @@ class RecommendationService:
     # -- model calls (batched) --------------------------------------------------------------
     def recommend(self, histories: Sequence[Sequence[int]], ks: Sequence[int],
                   exclude_history: Sequence[bool]) -> list[list[dict]]:
-        """One answer per history. Histories asking for the same k go through one ``recommend``
-        call, so a batched answer equals the answer to the same request sent alone (beam search
-        widens its beam with k)."""
-        answers: list[list[dict]] = [[] for _ in histories]
-        for k in sorted(set(ks)):
-            rows = [b for b, kb in enumerate(ks) if kb == k]
-            exclude = [set(histories[b]) if exclude_history[b] else set() for b in rows]
-            top = self.model.recommend([histories[b] for b in rows], k, exclude=exclude)
-            for r, b in enumerate(rows):
-                answers[b] = [{"rank": j + 1, **self.describe(int(i)), "score": round(float(s), 5)}
-                              for j, (i, s) in enumerate(zip(top.items[r], top.scores[r])) if i > 0]
+        """One answer per history, its top ``ks[b]``. The whole batch is one ``recommend`` call for
+        the service's largest list (``max_k``, at most the catalog), and each answer is the head of
+        its list: so an answer never depends on k or on the requests batched with it (a
+        beam-search model searches its fixed beam for every k up to ``max_k``)."""
+        depth = min(self.max_k, self.data.n_items)
+        exclude = [set(h) if ex else set() for h, ex in zip(histories, exclude_history)]
+        top = self.model.recommend([list(h) for h in histories], depth, exclude=exclude)
+        answers = []
+        for b, k in enumerate(ks):
+            row = [(int(i), float(s)) for i, s in zip(top.items[b], top.scores[b]) if i > 0][:k]
+            answers.append([{"rank": j + 1, **self.describe(i), "score": round(s, 5)} for j, (i, s) in enumerate(row)])
         return answers
 
     def embed(self, histories: Sequence[Sequence[int]]) -> np.ndarray:

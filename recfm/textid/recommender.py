@@ -188,9 +188,20 @@ class TextIDRecommender:
         return self.model(**kwargs).loss
 
     # -- the seam --------------------------------------------------------------------------
+    @property
+    def search_beam(self) -> int:
+        """The beam every request up to this many items is searched with (``num_beams``, the run's
+        ``num_beams`` setting): such answers do not depend on k, the top k of a larger request is
+        the answer to a smaller one followed by more items. ``recfm serve`` and ``recfm recommend``
+        accept no larger k."""
+        return self.num_beams
+
     @torch.no_grad()
     def recommend(self, histories: Sequence[Sequence[int]], k: int,
                   exclude: Sequence[Collection[int]] | None = None) -> TopK:
+        """Top-k items by trie-constrained beam search with the fixed beam ``search_beam``. A k above
+        it (an evaluation protocol asking for a longer list than the run's beam) is searched with a
+        beam of k, whose top items may then differ from those of the fixed beam."""
         from recfm.textid.constrained import constrained_topk
 
         was = self.model.training
@@ -210,7 +221,7 @@ class TextIDRecommender:
                 ex = [exclude[i] for i in rows] if exclude is not None else None
                 top_items, top_scores = constrained_topk(
                     self.model, self.tokenizer, self.items.trie, {"input_ids": ids, "attention_mask": mask}, k,
-                    num_beams=max(k, self.num_beams), exclude=ex,
+                    num_beams=max(k, self.search_beam), exclude=ex,
                 )
                 items[rows] = top_items.numpy()
                 scores[rows] = top_scores.numpy()

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recfm import distributed
 from recfm.compute import training_context
+from recfm.curves import REPORT_TO_HELP, ReportTo, TrainingHistory
 from recfm.data.split import LeaveOneOut
 from recfm.evaluation.protocol import Protocol, evaluate
 from recfm.textid.idgen import IDGenerator, InitialIds, UniqueIdConfig, initial_ids, make_unique, normalize_id
@@ -86,6 +87,7 @@ class TextIDConfig(BaseModel):
     num_threads: int | None = Field(None, ge=1)
     device: str = "cpu"
     seed: int = 0
+    report_to: ReportTo = Field("none", description=REPORT_TO_HELP)
 
 
 @dataclass
@@ -226,6 +228,7 @@ class TextIDModel:
     """IDGenRec behind the model-table contract (``fit`` / ``recommend`` / ``save`` / ``load``)."""
 
     uses_catalog = True
+    writes_history = True  # fit() takes run_dir= and writes history.jsonl / curves.png there (recfm.curves)
 
     def __init__(self, config: TextIDConfig, n_items: int, catalog: Catalog):
         if catalog.n_items != n_items:
@@ -236,6 +239,7 @@ class TextIDModel:
         self.generator: IDGenerator | None = None
         self.rec: TextIDRecommender | None = None
         self.report: dict[str, Any] = {}
+        self._curves = TrainingHistory(None)  # fit(run_dir=...) records there
 
     # -- the seam ---------------------------------------------------------------------------
     def recommend(self, histories, k, exclude=None):
@@ -286,12 +290,23 @@ class TextIDModel:
             self.report["generator_warm_start"] = {"epochs": cfg.warm_start_epochs, "losses": losses,
                                                    "seconds": round(time.perf_counter() - t0, 1)}
             log_fn(f"generator warm start: loss {losses[-1]:.3f} after {cfg.warm_start_epochs} epochs")
+            for i, value in enumerate(losses, 1):
+                self._curves.log(warm_start_epoch=i, warm_start_loss=round(float(value), 5),
+                                  warm_start_lr=cfg.warm_start_lr)
         return ids0
 
     # -- fit --------------------------------------------------------------------------------
-    def fit(self, split: LeaveOneOut, protocol: Protocol | None = None, log: Callable[[str], None] = print) -> dict:
+    def fit(self, split: LeaveOneOut, protocol: Protocol | None = None, log: Callable[[str], None] = print,
+            run_dir: Path | None = None) -> dict:
+        """With ``run_dir``, every warm-start, recommender and generator epoch is a line of
+        ``run_dir/history.jsonl`` (in training order) and ``curves.png`` is drawn at the end."""
         protocol = protocol or Protocol()
-        with training_context(self.config.num_threads, self.config.seed):
+        self._curves = TrainingHistory(run_dir, self.config.report_to, x=None, group="round",
+                                       metrics=(protocol.selection_metric, "hr@10"), best=protocol.selection_metric,
+                                       title="textid",
+                                       x_label="warm-start / recommender / generator epoch, in training order")
+        with training_context(self.config.num_threads, self.config.seed), self._curves:
+            self._curves.start()
             return self._fit(split, protocol, log)
 
     def _fit(self, split: LeaveOneOut, protocol: Protocol, log_fn: Callable[[str], None]) -> dict:
@@ -326,7 +341,7 @@ class TextIDModel:
             else:
                 self._select(r, 0, valid, protocol, best, history, log_fn)
             if cfg.strategy != "rec_only" and r < cfg.rounds and stopped != "budget":
-                round_info["generator"] = self._train_generator(instances, split.train, rng, log_fn)
+                round_info["generator"] = self._train_generator(instances, split.train, rng, log_fn, r)
             rounds.append(round_info)
             if stopped == "budget":
                 break
@@ -348,9 +363,13 @@ class TextIDModel:
         if m[metric] > best["value"]:
             best.update(value=m[metric], round=r, epoch=epoch, valid=row["valid"], state=self._snapshot())
         history.append(row)
+        self._log_row(row)
         log_fn(f"round {r} epoch {epoch}: valid {metric} {m[metric]:.5f} hr@10 {m.get('hr@10', math.nan):.5f} "
                f"(best {best['value']:.5f}) [{m['eval_seconds']:.0f}s eval]")
         return m[metric]
+
+    def _log_row(self, row: dict) -> None:
+        self._curves.log(**row, **({"lr": self.config.rec_lr} if "loss" in row else {}))
 
     def _snapshot(self) -> dict:
         return {"rec": {k: v.detach().clone() for k, v in self.rec.model.state_dict().items()},
@@ -409,6 +428,7 @@ class TextIDModel:
                 since_best = 0 if best["value"] > before else since_best + 1
             else:
                 history.append(row)
+                self._log_row(row)
             log_fn(f"round {r} epoch {epoch}: loss {row['loss']:.4f} [{row['train_seconds']:.0f}s train, "
                    f"{time.perf_counter() - start:.0f}s total]")
             if over:
@@ -427,7 +447,7 @@ class TextIDModel:
                f"{info['longer_id_share']:.2%} a longer ID, {info['suffixed']} suffixed; e.g. {ids[:3]}")
         return info
 
-    def _train_generator(self, instances, train, rng, log_fn) -> dict:
+    def _train_generator(self, instances, train, rng, log_fn, r: int = 0) -> dict:
         """Generator epochs through the frozen recommender (expected ID embeddings in the prompt)."""
         from tqdm.auto import tqdm
 
@@ -467,6 +487,7 @@ class TextIDModel:
                     total += loss * len(rows)
                     count += len(rows)
                 losses.append(total / max(count, 1))
+                self._curves.log(round=r, generator_epoch=epoch + 1, gen_loss=round(losses[-1], 5), gen_lr=cfg.gen_lr)
                 log_fn(f"generator epoch {epoch + 1}: recommendation loss through soft IDs {losses[-1]:.4f}")
         finally:
             for p in trainable:
