@@ -112,6 +112,8 @@ def train_run(
         torch.manual_seed(run.seed)
         split = data.split()
         log.info("%s: %s", data.name, data.stats())
+        env = _environment(model_cfg)
+        log.info("threads: %s torch threads, OMP_WAIT_POLICY=%s", env["torch_threads"], env["omp_wait_policy"])
         recommender = entry.model(model_cfg, data.n_items, **_catalog_kwargs(entry, data, dataset))
         start = time.perf_counter()
         resumable = getattr(entry.model, "resumable", False)
@@ -138,7 +140,7 @@ def train_run(
             "peak_memory_mb": peak_memory_mb(),
             "training": history,
             "dataset_stats": data.stats(),
-            "environment": _environment(),
+            "environment": _environment(model_cfg),
         }
         if main:
             atomic_write_json(output / "metrics.json", metrics)
@@ -288,12 +290,17 @@ def _short(m: dict) -> str:
     return " ".join(f"{k}={m[k]:.4f}" for k in ("hr@10", "ndcg@10", "mrr") if k in m)
 
 
-def _environment() -> dict:
+def _environment(model_cfg=None) -> dict:
+    import os
+
+    threads = getattr(model_cfg, "num_threads", None) or distributed.local_threads()
     return {
         "recfm": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "torch_threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)"),
         "processes": distributed.world_size(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -136,8 +136,10 @@ def tune(model: str, dataset: str, space_path: Path, trials: int, output: Path, 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=f"sqlite:///{(output / 'study.db').resolve()}", study_name=STUDY, load_if_exists=True,
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+        direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    # A resumed search must not replay the random proposals of its first start: the sampler's seed
+    # moves on with the trials already in the study (the same command still gives the same search).
+    study.sampler = sampler_for(seed, len(study.trials), trials)
     _requeue_interrupted(study)
     done = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
     if done:
@@ -187,6 +189,15 @@ def tune(model: str, dataset: str, space_path: Path, trials: int, output: Path, 
     _write_tables(study, space, metric, output)
     _plot_history(study, metric, output / "history.png")
     return summary
+
+
+def sampler_for(seed: int, trials_so_far: int, trials: int):
+    """TPE, seeded by (seed, trials already run); a quarter of the budget (at least 3, at most 10)
+    drawn at random before TPE models the results."""
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed * 100_003 + trials_so_far,
+                                      n_startup_trials=min(10, max(3, trials // 4)))
 
 
 def _as_config(overrides: dict) -> dict:

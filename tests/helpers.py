@@ -56,3 +56,19 @@ def one_and_two_processes(script: Path) -> dict[int, dict]:
         runs[n] = json.loads(done.stdout.strip().splitlines()[-1])
         assert runs[n]["processes"] == n
     return runs
+
+
+def train_tiny_sasrec(folder: Path, out: Path, *extra: str, crash_after: int | None = None) -> subprocess.CompletedProcess:
+    """`recfm train` of a tiny SASRec in its own process (checkpoints every 3 steps); ``crash_after``
+    SIGKILLs it right after that many checkpoints (recfm.checkpoint's fault injection)."""
+    from recfm.checkpoint import CRASH_ENV
+
+    env = {**os.environ, "RECFM_CACHE_DIR": str(out.parent / "cache"), "OMP_NUM_THREADS": "1"}
+    env.pop(CRASH_ENV, None)
+    if crash_after:
+        env[CRASH_ENV] = str(crash_after)
+    args = ["train", "sasrec", "-d", str(folder), "-o", str(out), "prep.user_core=2", "prep.item_core=0", "epochs=3",
+            "batch_size=4", "hidden_size=16", "num_layers=1", "checkpoint_every=3", "show_progress=false",
+            "num_threads=1", "patience=5"]
+    return subprocess.run([sys.executable, "-m", "recfm.cli", "--quiet", *args, *extra], env=env, capture_output=True,
+                          text=True, timeout=300)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import random_sequences
+from helpers import random_sequences, train_tiny_sasrec
 
 from recfm.checkpoint import CRASH_ENV, LATEST
 from recfm.config import ConfigError
@@ -131,15 +131,7 @@ def test_sasrec_writes_a_line_per_epoch_the_png_and_tensorboard_events(tmp_path)
 
 
 def _train(folder: Path, out: Path, *extra: str, crash_after: int | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RECFM_CACHE_DIR": str(out.parent / "cache"), "OMP_NUM_THREADS": "1"}
-    env.pop(CRASH_ENV, None)
-    if crash_after:
-        env[CRASH_ENV] = str(crash_after)
-    args = ["train", "sasrec", "-d", str(folder), "-o", str(out), "prep.user_core=2", "prep.item_core=0", "epochs=3",
-            "batch_size=4", "hidden_size=16", "num_layers=1", "checkpoint_every=3", "show_progress=false",
-            "num_threads=1", "patience=5"]
-    return subprocess.run([sys.executable, "-m", "recfm.cli", "--quiet", *args, *extra], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return train_tiny_sasrec(folder, out, *extra, crash_after=crash_after)
 
 
 def test_a_killed_and_resumed_run_logs_every_epoch_once(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import random_sequences
+from helpers import random_sequences, train_tiny_sasrec
 
 from recfm.checkpoint import (CRASH_ENV, LATEST, Checkpoint, CheckpointError, load_latest, load_optimizer_state,
                               load_rng_state, optimizer_state, rng_state, save_checkpoint)
@@ -62,15 +62,7 @@ def _folder(root: Path) -> Path:
 
 
 def _train(folder: Path, out: Path, *extra: str, crash_after: int | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RECFM_CACHE_DIR": str(out.parent / "cache")}
-    env.pop(CRASH_ENV, None)
-    if crash_after:
-        env[CRASH_ENV] = str(crash_after)
-    args = ["train", "sasrec", "-d", str(folder), "-o", str(out), "prep.user_core=2", "prep.item_core=0", "epochs=3",
-            "batch_size=4", "hidden_size=16", "num_layers=1", "checkpoint_every=3", "show_progress=false",
-            "num_threads=1", "patience=5"]
-    return subprocess.run([sys.executable, "-m", "recfm.cli", "--quiet", *args, *extra], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return train_tiny_sasrec(folder, out, *extra, crash_after=crash_after)
 
 
 def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):

@@ -90,3 +90,16 @@ def test_bad_search_spaces_fail_before_any_trial(search, tmp_path, params, needl
                                       str(tmp_path / "t")])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert not (tmp_path / "t" / "study.db").exists()
+
+
+def test_a_resumed_search_does_not_replay_its_first_proposals():
+    import optuna
+
+    from recfm.tune import sampler_for
+
+    def first_draws(sampler):
+        study = optuna.create_study(sampler=sampler)
+        return [study.ask().suggest_float("lr", 1e-4, 1e-1, log=True) for _ in range(3)]
+
+    assert first_draws(sampler_for(0, 0, 8)) == first_draws(sampler_for(0, 0, 8))  # reproducible
+    assert first_draws(sampler_for(0, 4, 8)) != first_draws(sampler_for(0, 0, 8))  # resumed: new draws
