@@ -19,7 +19,7 @@ from rich.text import Text
 
 from recfm import __version__
 from recfm.config import ConfigError
-from recfm.data.registry import DATASETS, load_dataset, resolve
+from recfm.data.registry import DATASETS, DatasetNotFoundError, load_dataset, resolve
 from recfm.data.sources import FORMATS
 from recfm.errors import RecfmError
 from recfm.serve.batching import MAX_BATCH, MAX_QUEUE, MAX_WAIT_MS
