@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from recfm.config import PRESET_DIR, read_yaml
-from recfm.errors import ConfigError, _submodel
+from recfm.errors import ConfigError, submodel
 
 
 def _type_name(annotation: Any) -> str:
@@ -44,7 +44,7 @@ def describe_fields(config: type[BaseModel], prefix: str = "") -> list[tuple[str
         if name == "name" and not prefix:
             continue
         default = _default(info)
-        nested = _submodel(info.annotation)
+        nested = submodel(info.annotation)
         shown = "(required)" if default is PydanticUndefined else (
             "(see below)" if isinstance(default, BaseModel) else repr(default))
         rows.append((prefix + name, _type_name(info.annotation), shown, info.description or ""))

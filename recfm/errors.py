@@ -23,13 +23,13 @@ class ConfigError(RecfmError, ValueError):
     """A configuration that cannot be used: unknown key, wrong type, bad value, unreadable file."""
 
 
-def _submodel(annotation: Any) -> type[BaseModel] | None:
+def submodel(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model inside ``annotation`` (``Foo``, ``Foo | None``, ``Optional[Foo]``)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         for arg in typing.get_args(annotation):
-            if (found := _submodel(arg)) is not None:
+            if (found := submodel(arg)) is not None:
                 return found
     return None
 
@@ -39,7 +39,7 @@ def _fields_at(model: type[BaseModel] | None, loc: Sequence[Any]) -> list[str]:
     for part in loc[:-1]:
         if model is None or not isinstance(part, str) or part not in model.model_fields:
             return []
-        model = _submodel(model.model_fields[part].annotation)
+        model = submodel(model.model_fields[part].annotation)
     return list(model.model_fields) if model is not None else []
 
 

@@ -340,9 +340,7 @@ class SequentialRecommender(ScoringRecommender):
             q = (counts + 1.0) / (counts + 1.0).sum()  # +1: an item seen once in valid/test only is still drawable
             log_q = torch.as_tensor(np.log(q), dtype=torch.float32, device=self.device)
         beta = gbce_beta(cfg.num_negatives, self.n_items, cfg.gbce_t) if cfg.loss == "gbce" else 1.0
-        module = NextItemLoss(self.net, cfg.loss, log_q, beta)
-        module.sampling_weights = None if log_q is None else log_q.exp().cpu()
-        return module
+        return NextItemLoss(self.net, cfg.loss, log_q, beta)
 
     def _negatives(self, weights: torch.Tensor | None, epoch: int, step: int) -> torch.Tensor | None:
         """The step's shared negatives: the same on every process and after a resume."""
@@ -375,7 +373,7 @@ class SequentialRecommender(ScoringRecommender):
             log(f"{name}: process {accelerator.process_index} of {accelerator.num_processes} "
                 f"({accelerator.distributed_type.value}); each takes 1/{accelerator.num_processes} of every batch")
         loss_module = self._loss_module(split)
-        weights = loss_module.sampling_weights
+        weights = None if loss_module.log_q is None else loss_module.log_q.exp().cpu()  # popularity sampling
         step_module = accelerator.prepare_model(loss_module)
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)  # data order: batches are drawn from it at each epoch start

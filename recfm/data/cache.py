@@ -8,6 +8,7 @@ not the 0600 / 0700 of ``tempfile``.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -73,17 +74,13 @@ def remove_stale_temporaries(target: Path) -> None:
     parent = Path(target).parent
     if not parent.is_dir():
         return
-    for tmp in parent.glob(f".{glob_escape(Path(target).name)}.tmp-*-*"):
+    for tmp in parent.glob(f".{glob.escape(Path(target).name)}.tmp-*-*"):
         pid = tmp.name[len(f".{Path(target).name}.tmp-"):].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink(missing_ok=True)
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 @contextmanager
