@@ -14,7 +14,8 @@ from recfm.baselines import MODELS
 from recfm.baselines import trainer as trainer_module
 from recfm.baselines.gru4rec import GRU4Rec, GRU4RecConfig
 from recfm.baselines.sasrec import SASRec, SASRecConfig
-from recfm.baselines.trainer import full_softmax_cross_entropy, pad_right, training_windows
+from recfm.baselines.trainer import full_softmax_cross_entropy
+from recfm.data.windows import pad_right, training_windows
 from recfm.data.split import LeaveOneOut, leave_one_out
 from recfm.evaluation.protocol import Protocol, evaluate
 

@@ -101,8 +101,9 @@ class TextIDRecommender:
 
     def __init__(self, model, tokenizer, items: ItemIdTable, builder: PromptBuilder, *, max_history: int = 20,
                  num_beams: int = 20, eval_template: int = 0, eval_batch_size: int = 64,
-                 user_ids: Callable[[Sequence[Sequence[int]]], list[list[int]]] | None = None):
+                 user_ids: Callable[[Sequence[Sequence[int]]], list[list[int]]] | None = None, loss: str = "full"):
         self.model = model
+        self.loss_kind = loss  # "trie" (recfm.textid.trie_loss) or "full": softmax over the whole vocabulary
         self.tokenizer = tokenizer
         self.items = items
         self.builder = builder
@@ -168,7 +169,8 @@ class TextIDRecommender:
         return int(labels.ne(-100).sum())
 
     def loss(self, batch: dict[str, torch.Tensor], soft_ids: Callable | None = None) -> torch.Tensor:
-        """Mean token cross-entropy of the target IDs. ``soft_ids(rows, slots, offsets)`` (optional)
+        """Mean token cross-entropy of the target IDs (over the trie's allowed tokens with ``loss="trie"``,
+        averaged over the positions with a choice). ``soft_ids(rows, slots, offsets)`` (optional)
         returns embeddings ``[n, d]`` for the ID positions (``slot >= 0``, row-major), replacing their
         token embeddings."""
         dev = self.device
@@ -185,7 +187,16 @@ class TextIDRecommender:
                 soft = soft_ids(rows, slot[where], offset[where])
                 embeds = embeds.masked_scatter(where[..., None], soft.to(embeds.dtype))
             kwargs["inputs_embeds"] = embeds
-        return self.model(**kwargs).loss
+        if self.loss_kind == "full":
+            return self.model(**kwargs).loss
+        from recfm.textid.trie_loss import trie_cross_entropy
+
+        del kwargs["labels"]
+        trie = self.items.trie.to(dev)
+        if self.is_seq2seq:
+            kwargs["decoder_input_ids"] = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
+            return trie_cross_entropy(self.model(**kwargs).logits, labels, trie)
+        return trie_cross_entropy(self.model(**kwargs).logits[:, :-1], labels[:, 1:], trie)
 
     # -- the seam --------------------------------------------------------------------------
     @property

@@ -29,14 +29,16 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recfm import distributed
 from recfm.compute import training_context
 from recfm.curves import REPORT_TO_HELP, ReportTo, TrainingHistory
 from recfm.data.split import LeaveOneOut
 from recfm.evaluation.protocol import Protocol, evaluate
+from recfm.data.windows import training_windows
 from recfm.textid.idgen import IDGenerator, InitialIds, UniqueIdConfig, initial_ids, make_unique, normalize_id
+from recfm.textid.item_level import ItemLevelConfig, ItemLevelNet, ItemLevelRecommender, WordVocab, is_item_level
 from recfm.textid.prompts import TEMPLATES, PromptBuilder
 from recfm.textid.recommender import ITEM_IDS_FILE, ItemIdTable, TextIDRecommender, id_prefix, pad_rows
 
@@ -53,6 +55,14 @@ class TextIDConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "textid"
+    formulation: Literal["prompt", "items"] = Field(
+        "prompt", description="prompt: the paper's one prompt per history prefix through a language model; items: "
+        "history items as positions of a causal transformer, the next ID decoded word by word, every next-item "
+        "prediction of a sequence in one pass (sizes in `items`)")
+    loss: Literal["trie", "full"] = Field(
+        "trie", description="trie: softmax of each ID token over the tokens the prefix trie allows there, no loss on "
+        "forced tokens (what constrained decoding compares); full: softmax over the whole vocabulary (the paper)")
+    items: ItemLevelConfig = Field(default_factory=ItemLevelConfig, description="sizes of formulation: items")
     backbone: str = Field("t5-small", description="t5-tiny|t5-mini|t5-small (from config), a seq2seq or causal "
                           "LM path / hub name, or an offline alias such as smollm2-135m-instruct")
     t5: dict[str, Any] = Field(default_factory=dict, description="T5Config overrides for t5-* backbones")
@@ -88,6 +98,13 @@ class TextIDConfig(BaseModel):
     device: str = "cpu"
     seed: int = 0
     report_to: ReportTo = Field("none", description=REPORT_TO_HELP)
+
+    @model_validator(mode="after")
+    def _items_is_rec_only(self) -> "TextIDConfig":
+        if self.formulation == "items" and self.strategy != "rec_only":
+            raise ValueError(f"formulation 'items' trains the recommender on fixed IDs: strategy must be 'rec_only' "
+                             f"(got {self.strategy!r}); alternate training needs formulation 'prompt'")
+        return self
 
 
 @dataclass
@@ -281,7 +298,7 @@ class TextIDModel:
         self.rec = TextIDRecommender(model.to(cfg.device), tok, ItemIdTable.build(ids0, tok), builder,
                                      max_history=cfg.max_history, num_beams=cfg.num_beams,
                                      eval_template=cfg.eval_template, eval_batch_size=cfg.eval_batch_size,
-                                     user_ids=users)
+                                     user_ids=users, loss=cfg.loss)
         self.generator.model.to(cfg.device)
         if cfg.warm_start_epochs:
             t0 = time.perf_counter()
@@ -313,6 +330,8 @@ class TextIDModel:
         cfg = self.config
         start = time.perf_counter()
         budget = cfg.max_train_minutes * 60 if cfg.max_train_minutes else math.inf
+        if cfg.formulation == "items":
+            return self._fit_items(split, protocol, log_fn, start, budget)
         self._build(log_fn)
         instances = training_instances(split.train, cfg.max_instances_per_user)
         if len(instances) == 0:
@@ -372,8 +391,9 @@ class TextIDModel:
         self._curves.log(**row, **({"lr": self.config.rec_lr} if "loss" in row else {}))
 
     def _snapshot(self) -> dict:
+        gen = self.generator.model.state_dict() if self.generator is not None else {}
         return {"rec": {k: v.detach().clone() for k, v in self.rec.model.state_dict().items()},
-                "gen": {k: v.detach().clone() for k, v in self.generator.model.state_dict().items()},
+                "gen": {k: v.detach().clone() for k, v in gen.items()},
                 "items": self.rec.items}
 
     def _restore(self, best: dict) -> None:
@@ -381,9 +401,10 @@ class TextIDModel:
         if state is None:
             return
         self.rec.model.load_state_dict(state["rec"])
-        self.generator.model.load_state_dict(state["gen"])
+        if self.generator is not None:
+            self.generator.model.load_state_dict(state["gen"])
         self.rec.items = state["items"]
-        if self.rec.user_ids is not None:
+        if getattr(self.rec, "user_ids", None) is not None:
             self.rec.user_ids.clear()
         self.rec.model.eval()
 
@@ -436,6 +457,73 @@ class TextIDModel:
             if since_best >= cfg.patience:
                 return "patience"
         return "completed"
+
+    # -- formulation: items ------------------------------------------------------------------
+    def _fit_items(self, split: LeaveOneOut, protocol: Protocol, log_fn: Callable[[str], None], start: float,
+                   budget: float) -> dict:
+        """The item-level model (:mod:`recfm.textid.item_level`) on the initial IDs: epochs over the
+        training windows of ``split.train``, selection on validation, patience, the time budget read
+        after every step."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        ids0, report = self._initial_ids()
+        self.report["initial_ids"] = report
+        log_fn(f"initial IDs ({cfg.initial_ids.kind}): {report['items']} items, {report.get('fallbacks', 0)} fallbacks, "
+               f"{report['suffixed']} suffixed; e.g. {ids0[:3]}")
+        vocab = WordVocab.of_ids(ids0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            net = ItemLevelNet(cfg.items, len(vocab), cfg.max_history)
+        self.rec = ItemLevelRecommender(net.to(cfg.device), vocab, ids0, max_len=cfg.max_history,
+                                        num_beams=cfg.num_beams, eval_batch_size=cfg.eval_batch_size, loss=cfg.loss)
+        windows = training_windows(split.train, cfg.max_history)  # split.train only: never a valid/test target
+        if len(windows) == 0:
+            raise ValueError("no training sequence has two or more items")
+        rng = np.random.default_rng(cfg.seed)
+        valid = split.valid
+        if cfg.valid_sample and cfg.valid_sample < len(valid):
+            valid = valid.subset(np.sort(rng.choice(len(valid), cfg.valid_sample, replace=False)))
+        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.rec_lr)
+        log_fn(f"textid (items): {len(windows)} training windows, {len(vocab)} ID words, "
+               f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f}M parameters, {cfg.loss} loss, "
+               f"{len(valid)} validation cases for selection, {torch.get_num_threads()} threads")
+        metric = protocol.selection_metric
+        best: dict[str, Any] = {"value": -math.inf}
+        history: list[dict] = []
+        since_best, stopped = 0, "completed"
+
+        def over() -> bool:
+            return time.perf_counter() - start > budget
+
+        for epoch in range(1, cfg.rec_epochs + 1):
+            t0 = time.perf_counter()
+            loss, _ = self.rec.train_epoch(
+                windows, cfg.batch_size, rng, optimizer, stop=over,
+                progress=lambda b: tqdm(b, desc=f"epoch {epoch}", unit="batch", mininterval=5, leave=False))
+            row = {"round": 1, "epoch": epoch, "loss": round(loss, 5), "train_seconds": round(time.perf_counter() - t0, 1)}
+            if epoch % cfg.eval_every == 0 or epoch == cfg.rec_epochs or over():
+                before = best["value"]
+                self._select(1, epoch, valid, protocol, best, history, log_fn, row)
+                since_best = 0 if best["value"] > before else since_best + 1
+            else:
+                history.append(row)
+                self._log_row(row)
+            log_fn(f"epoch {epoch}: loss {row['loss']:.4f} [{row['train_seconds']:.0f}s train, "
+                   f"{time.perf_counter() - start:.0f}s total]")
+            if over():
+                stopped = "budget"
+                break
+            if since_best >= cfg.patience:
+                stopped = "patience"
+                break
+        self._restore(best)
+        total = time.perf_counter() - start
+        log_fn(f"textid (items): done in {total:.0f}s ({stopped}); best epoch {best.get('epoch')} "
+               f"valid {metric} {best['value']:.5f}")
+        return {"best_round": 1, "best_epoch": best.get("epoch"), "best_valid": best.get("valid", {}),
+                "stopped": stopped, "seconds": round(total, 1), "history": history, "rounds": [{"round": 1}],
+                "initial_ids": report, "training_windows": int(len(windows))}
 
     def _regenerate_ids(self, log_fn) -> dict:
         ids, stats = self.generator.assign(self.catalog.texts, self.config.unique, progress=True)
@@ -501,6 +589,11 @@ class TextIDModel:
         ``item_ids.tsv`` and ``textid.json`` (initial-ID and Algorithm 1 reports)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.rec, ItemLevelRecommender):  # no language model and no generator
+            self.rec.save_pretrained(directory / "recommender", self.config.items)
+            self.rec.items.save(directory / ITEM_IDS_FILE, self.catalog.item_keys)
+            (directory / REPORT_FILE).write_text(json.dumps(self.report, indent=2, default=str))
+            return
         model = self.rec.model
         if hasattr(model, "merge_and_unload"):  # LoRA: save one plain folder
             model = model.merge_and_unload()
@@ -513,13 +606,23 @@ class TextIDModel:
     @classmethod
     def load(cls, directory: Path, config: TextIDConfig, n_items: int, catalog: Catalog) -> "TextIDModel":
         directory = Path(directory)
-        for part in ("recommender", "id_generator", ITEM_IDS_FILE):
+        rec_dir = directory / "recommender"
+        item_level = is_item_level(rec_dir)
+        for part in ("recommender", ITEM_IDS_FILE) + (() if item_level else ("id_generator",)):
             if not (directory / part).exists():
                 raise FileNotFoundError(f"{directory} has no {part}: training did not finish")
         from recfm.models import load_causal_lm, load_seq2seq
 
         self = cls(config, n_items, catalog)
-        rec_dir = directory / "recommender"
+        if item_level:
+            keys, ids = ItemIdTable.read(directory / ITEM_IDS_FILE)
+            if keys != catalog.item_keys:
+                raise ValueError(f"{directory / ITEM_IDS_FILE} lists other items than the dataset; was it trained on it?")
+            self.rec = ItemLevelRecommender.from_pretrained(rec_dir, ids, eval_batch_size=config.eval_batch_size,
+                                                            device=config.device)
+            report = directory / REPORT_FILE
+            self.report = json.loads(report.read_text()) if report.is_file() else {}
+            return self
         loader = load_seq2seq if _is_seq2seq_folder(str(rec_dir)) else load_causal_lm
         model, tok = loader(rec_dir, device=config.device)
         gen_model, _ = load_seq2seq(directory / "id_generator", device=config.device)
@@ -541,6 +644,9 @@ class TextIDModel:
     def for_catalog(self, catalog: Catalog, progress: bool = True) -> "TextIDModel":
         """The same trained model on another catalog (zero-shot): its items get IDs from the trained
         generator by Algorithm 1; nothing of the new dataset's interactions is used."""
+        if self.generator is None:
+            raise ValueError("zero-shot needs the ID generator to give the new catalog's items IDs; this run "
+                             f"(formulation {self.config.formulation!r}) has none: train with formulation 'prompt'")
         other = TextIDModel(self.config, catalog.n_items, catalog)
         other.generator = self.generator
         ids, stats = self.generator.assign(catalog.texts, self.config.unique, progress=progress)

@@ -504,6 +504,19 @@ class TokenTrie:
             scores[row, toks[pos]] = -torch.inf
         return scores
 
+    def excluded_pairs(self, prompts: torch.Tensor, nodes: torch.Tensor, tokens: torch.Tensor,
+                       excluded: ExcludedEdges) -> torch.Tensor:
+        """Sparse form of :meth:`mask_excluded`: for each (prompt, state, token) triple, whether that
+        edge is excluded for that prompt (a bool tensor shaped like ``tokens``)."""
+        if excluded.keys.numel() == 0 or tokens.numel() == 0:
+            return torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+        dev = tokens.device
+        pair = excluded.keys.to(dev) * self.key_base + excluded.tokens.to(dev)
+        pair = torch.sort(pair).values
+        query = (prompts.to(dev) * (self.n_nodes + 1) + nodes.to(dev, torch.long)) * self.key_base + tokens
+        idx = torch.searchsorted(pair, query).clamp(max=pair.numel() - 1)
+        return (pair[idx] == query) & (nodes.to(dev) >= 0)
+
     def heavy_masks(
         self, vocab_size: int, dtype: torch.dtype = torch.float32, *, min_degree: int | None = None,
         max_bytes: int = 64 << 20,

@@ -1,0 +1,371 @@
+"""The item-level textual-ID recommender (``textid.formulation: items``).
+
+Each history item is one position: the mean of its ID's word embeddings plus a position embedding.
+A causal transformer reads the items (as SASRec does), and from every position's state a small GRU
+decoder writes the next item's textual ID word by word. Every next-item prediction of a training
+sequence is trained in one pass, with the trie-restricted loss (:mod:`recfm.textid.trie_loss`), and
+recommendation is beam search over the same prefix trie, so only real items come out.
+
+Words are the vocabulary: an ID ``"ultra hydrating lip balm"`` is four tokens and EOS. The vocabulary
+holds the words of the catalog's IDs only (no interaction data reaches it).
+
+    net = ItemLevelNet(ItemLevelConfig(), vocab_size=len(vocab), max_len=50)
+    rec = ItemLevelRecommender(net, vocab, ids, max_len=50, num_beams=20)
+    top = rec.recommend(histories, k=10)          # the Recommender seam: TopK of item indices
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Collection, Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from recfm.data.windows import epoch_batches, pad_right
+from recfm.recommender import TopK
+from recfm.textid.idgen import normalize_id
+from recfm.textid.recommender import ItemIdTable
+from recfm.textid.trie import TokenTrie
+from recfm.textid.trie_loss import free_positions, prefix_states, segment_logsumexp, trie_log_probs
+
+PAD, EOS, BOS, UNK = 0, 1, 2, 3
+SPECIAL = ["<pad>", "</s>", "<s>", "<unk>"]
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "recfm-textid.json"
+
+
+class ItemLevelConfig(BaseModel):
+    """Sizes of the item-level model (``textid.items``); training fields (``rec_lr``, ``batch_size``,
+    ``rec_epochs``, ``patience``, ``max_history``) are the textid config's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden_size: int = Field(256, ge=8, description="width of the item embeddings and the transformer over items")
+    num_layers: int = Field(2, ge=1, description="causal transformer blocks over the history items")
+    num_heads: int = Field(2, ge=1, description="attention heads (must divide hidden_size)")
+    dropout: float = Field(0.4, ge=0, lt=1, description="dropout of the item embeddings and the transformer")
+    decoder_size: int = Field(128, ge=8, description="width of the GRU that writes the next ID word by word")
+    decoder_dropout: float = Field(0.2, ge=0, lt=1, description="dropout on the decoder's outputs")
+
+
+class WordVocab:
+    """Word-level vocabulary of textual IDs: the special tokens, then the IDs' words, sorted."""
+
+    def __init__(self, words: Sequence[str]):
+        self.words = list(words)
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    @classmethod
+    def of_ids(cls, ids: Sequence[str]) -> "WordVocab":
+        found = sorted({w for x in ids for w in normalize_id(x).split()} - set(SPECIAL))
+        return cls(SPECIAL + found)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index.get(w, UNK) for w in normalize_id(text).split()]
+
+    def table(self, ids: Sequence[str]) -> ItemIdTable:
+        """The catalog's IDs as word tokens and their trie (``ids[i]`` is item ``i + 1``)."""
+        tokens = [self.encode(x) for x in ids]
+        trie = TokenTrie.from_sequences(tokens, EOS, pad_token_id=PAD)
+        return ItemIdTable([""] + [normalize_id(x) for x in ids], [[], *tokens], trie)
+
+
+class ItemLevelNet(nn.Module):
+    def __init__(self, config: ItemLevelConfig, vocab_size: int, max_len: int):
+        super().__init__()
+        if config.hidden_size % config.num_heads:
+            raise ValueError(f"items.num_heads={config.num_heads} must divide items.hidden_size={config.hidden_size}")
+        d, dd = config.hidden_size, config.decoder_size
+        self.word_emb = nn.Embedding(vocab_size, d, padding_idx=PAD)
+        self.pos_emb = nn.Embedding(max_len, d)
+        self.drop = nn.Dropout(config.dropout)
+        block = nn.TransformerEncoderLayer(d, config.num_heads, 4 * d, config.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, config.num_layers, enable_nested_tensor=False)
+        self.ln = nn.LayerNorm(d)
+        self.dec_init = nn.Linear(d, dd)
+        self.dec_context = nn.Linear(d, dd)
+        self.dec_emb = nn.Embedding(vocab_size, dd, padding_idx=PAD)  # tied with the output layer
+        self.gru = nn.GRU(2 * dd, dd, batch_first=True)
+        self.dec_drop = nn.Dropout(config.decoder_dropout)
+        self.out_bias = nn.Parameter(torch.zeros(vocab_size))
+        for m in self.modules():
+            if isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+                with torch.no_grad():
+                    m.weight[PAD].zero_()
+
+    def item_vectors(self, items: torch.Tensor, id_tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` item indices -> ``[B, T, d]``: the mean word embedding of each item's ID."""
+        tokens = id_tokens[items]
+        count = (tokens != PAD).sum(-1, keepdim=True).clamp(min=1)
+        return self.word_emb(tokens).sum(-2) / count
+
+    def encode(self, items: torch.Tensor, id_tokens: torch.Tensor) -> torch.Tensor:
+        """Right-padded ``[B, T]`` histories -> ``[B, T, d]`` causal states (position t sees items 0..t)."""
+        t = items.shape[1]
+        x = self.item_vectors(items, id_tokens) + self.pos_emb(torch.arange(t, device=items.device))
+        x = self.drop(x)
+        causal = nn.Transformer.generate_square_subsequent_mask(t, device=items.device)
+        x = self.blocks(x, mask=causal, is_causal=True)
+        return self.ln(x)
+
+    def decoder_start(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[M, d]`` states -> the GRU's initial hidden state ``[1, M, dd]`` and the context ``[M, dd]``
+        fed beside every input word."""
+        return torch.tanh(self.dec_init(states))[None], self.dec_context(states)
+
+    def decode(self, states: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: ``previous`` ``[M, L]`` (BOS, then the ID's words) -> outputs ``[M, L, dd]``."""
+        h0, context = self.decoder_start(states)
+        x = torch.cat([self.dec_emb(previous), context[:, None].expand(-1, previous.shape[1], -1)], dim=-1)
+        out, _ = self.gru(x, h0)
+        return self.dec_drop(out)
+
+    def decode_step(self, h: torch.Tensor, context: torch.Tensor, previous: torch.Tensor):
+        out, h = self.gru(torch.cat([self.dec_emb(previous), context], dim=-1)[:, None], h)
+        return out[:, 0], h
+
+    def logits(self, out: torch.Tensor) -> torch.Tensor:
+        return out @ self.dec_emb.weight.T + self.out_bias
+
+
+class ItemLevelRecommender:
+    """An :class:`ItemLevelNet`, the word vocabulary and the catalog's IDs, behind ``recommend``."""
+
+    def __init__(self, model: ItemLevelNet, vocab: WordVocab, ids: Sequence[str], *, max_len: int = 50,
+                 num_beams: int = 20, eval_batch_size: int = 128, loss: str = "trie"):
+        self.model = model
+        self.vocab = vocab
+        self.max_len = max_len
+        self.num_beams = num_beams
+        self.eval_batch_size = eval_batch_size
+        self.loss_kind = loss
+        self.items = vocab.table(ids)
+
+    @property
+    def items(self) -> ItemIdTable:
+        return self._items
+
+    @items.setter
+    def items(self, table: ItemIdTable) -> None:
+        self._items = table
+        self.id_tokens = pad_words(table.tokens)
+        self.targets = pad_words([t + [EOS] for t in table.tokens])  # what the decoder writes per item
+
+    @property
+    def n_items(self) -> int:
+        return self.items.n_items
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.out_bias.device
+
+    @property
+    def search_beam(self) -> int:
+        """Every request up to this many items is answered by the same search (``num_beams``)."""
+        return self.num_beams
+
+    # -- training ----------------------------------------------------------------------------
+    def loss(self, windows: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Mean loss over the ID tokens of every next item of ``windows`` (``[B, max_len + 1]``,
+        right-padded) and the number of tokens it averages (positions with a choice, for ``trie``)."""
+        dev = self.device
+        windows = windows.to(dev)
+        inputs, labels = windows[:, :-1], windows[:, 1:]
+        mask = labels > 0
+        states = self.model.encode(inputs, self.id_tokens.to(dev))[mask]
+        targets = self.targets.to(dev)[labels[mask]]  # [M, L]: the next items' words and EOS
+        previous = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
+        out = self.model.decode(states, previous)
+        valid = targets != PAD
+        if self.loss_kind == "full":
+            logits = self.model.logits(out[valid])
+            return nn.functional.cross_entropy(logits, targets[valid]), int(valid.sum())
+        trie = self.items.trie.to(dev)
+        nodes = prefix_states(trie, targets)
+        free = free_positions(trie, nodes, valid)
+        lp = trie_log_probs(out[free], nodes[free], targets[free], self.model.dec_emb.weight, self.model.out_bias, trie)
+        return -lp.mean(), int(free.sum())
+
+    def train_epoch(self, windows: np.ndarray, batch_size: int, rng: np.random.Generator,
+                    optimizer: torch.optim.Optimizer, *, stop: Callable[[], bool] = lambda: False,
+                    progress: Callable | None = None) -> tuple[float, int]:
+        """One pass over the training windows; returns (mean token loss, steps). ``stop()`` is read after
+        every step (the time budget) and ends the epoch early."""
+        self.model.train()
+        lengths = (windows > 0).sum(1)
+        batches = epoch_batches(lengths, batch_size, rng, sort_by_length=True)
+        total, tokens, steps = 0.0, 0, 0
+        for rows in (progress(batches) if progress else batches):
+            batch = windows[rows]
+            batch = torch.from_numpy(batch[:, : max(2, int(lengths[rows].max()))])
+            optimizer.zero_grad(set_to_none=True)
+            loss, n = self.loss(batch)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            optimizer.step()
+            total += float(loss.detach()) * n
+            tokens += n
+            steps += 1
+            if stop():
+                break
+        self.model.eval()
+        return total / max(tokens, 1), steps
+
+    # -- the seam ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def recommend(self, histories: Sequence[Sequence[int]], k: int,
+                  exclude: Sequence[Collection[int]] | None = None) -> TopK:
+        """Top-k items by beam search over the ID trie with the fixed beam ``search_beam`` (a k above it
+        is searched with a beam of k). Scores are log-probabilities of the whole ID."""
+        was = self.model.training
+        self.model.eval()
+        items = np.zeros((len(histories), k), dtype=np.int64)
+        scores = np.full((len(histories), k), -np.inf, dtype=np.float32)
+        lengths = np.array([min(len(h), self.max_len) for h in histories])
+        order = np.argsort(lengths, kind="stable")
+        try:
+            for lo in range(0, len(order), self.eval_batch_size):
+                rows = order[lo : lo + self.eval_batch_size]
+                ex = [exclude[i] for i in rows] if exclude is not None else None
+                top_items, top_scores = self._search([histories[i] for i in rows], k, max(k, self.search_beam), ex)
+                items[rows], scores[rows] = top_items, top_scores
+        finally:
+            self.model.train(was)
+        return TopK(items=items, scores=scores)
+
+    def _search(self, histories, k: int, beam: int, exclude) -> tuple[np.ndarray, np.ndarray]:
+        """Beam search over the trie with logits computed only for the allowed tokens: a dense
+        product at the root (one live beam per history, every first word allowed), a sparse gather
+        below it. Candidates of a history's beams compete for its ``beam`` slots (a segmented top-k)."""
+        dev, net, trie = self.device, self.model, self.items.trie.to(self.device)
+        weight, bias = net.dec_emb.weight, net.out_bias
+        seqs, last = pad_right(histories, self.max_len)
+        seqs, last = seqs.to(dev), last.to(dev)
+        b = seqs.shape[0]
+        states = net.encode(seqs, self.id_tokens.to(dev))[torch.arange(b, device=dev), last]
+        h, context = net.decoder_start(states.repeat_interleave(beam, 0))
+        score = torch.full((b * beam,), -torch.inf, device=dev)
+        score[::beam] = 0.0  # one live beam per history at the start
+        nodes = trie.root(b * beam)
+        previous = torch.full((b * beam,), BOS, dtype=torch.long, device=dev)
+        excluded = trie.exclusion_edges(exclude) if exclude is not None else None
+        first = trie.child_tokens[trie.offsets[0] : trie.offsets[1]]
+        for _ in range(int(trie.node_depth.max()) + 1):
+            done = trie.items_at(nodes) > 0
+            live = torch.isfinite(score) & ~done
+            if not bool(live.any()):
+                break
+            out, h = net.decode_step(h, context, previous)
+            rows, toks, lp = [], [], []
+            at_root = torch.nonzero(live & (nodes == 0)).squeeze(1)
+            if at_root.numel():
+                root_lp = torch.log_softmax(out[at_root] @ weight[first].T + bias[first], dim=-1)
+                rows.append(at_root.repeat_interleave(first.numel()))
+                toks.append(first.repeat(at_root.numel()))
+                lp.append(root_lp.reshape(-1))
+            below = torch.nonzero(live & (nodes > 0)).squeeze(1)
+            if below.numel():
+                r, t = trie.allowed_tokens(nodes[below])
+                r = below[r]
+                logit = (out[r] * weight[t]).sum(-1) + bias[t]
+                rows.append(r)
+                toks.append(t)
+                lp.append(logit - segment_logsumexp(logit, r, b * beam)[r])
+            finished = torch.nonzero(done & torch.isfinite(score)).squeeze(1)
+            rows.append(finished)  # a finished ID keeps its score, padded
+            toks.append(torch.full_like(finished, PAD))
+            lp.append(torch.zeros(finished.numel(), device=dev))
+            rows_t, toks_t = torch.cat(rows), torch.cat(toks)
+            total = score[rows_t] + torch.cat(lp)
+            if excluded is not None:
+                total[trie.excluded_pairs(rows_t // beam, nodes[rows_t], toks_t, excluded)] = -torch.inf
+            # segmented top-k: candidates sorted by score, then (stably) by history
+            order = torch.argsort(total, descending=True, stable=True)
+            order = order[torch.argsort(rows_t[order] // beam, stable=True)]
+            hist = rows_t[order] // beam
+            counts = torch.bincount(hist, minlength=b)
+            rank = torch.arange(order.numel(), device=dev) - (torch.cumsum(counts, 0) - counts)[hist]
+            keep = rank < beam
+            slot = hist[keep] * beam + rank[keep]
+            parent = torch.arange(b * beam, device=dev)  # empty slots: dead beams
+            token = torch.full((b * beam,), PAD, dtype=torch.long, device=dev)
+            score = torch.full((b * beam,), -torch.inf, device=dev)
+            parent[slot], token[slot], score[slot] = rows_t[order[keep]], toks_t[order[keep]], total[order[keep]]
+            nodes = torch.where(torch.isfinite(score), trie.step(nodes[parent], token), torch.full_like(nodes, -1))
+            h, context, previous = h[:, parent], context[parent], token
+        score = score.view(b, beam)
+        found = torch.where(torch.isfinite(score), trie.items_at(nodes).view(b, beam), 0)
+        # beams finish at different steps: order each history's items by their final score
+        score, pos = torch.sort(score, dim=1, descending=True, stable=True)
+        found = found.gather(1, pos)
+        return found[:, :k].cpu().numpy(), score[:, :k].cpu().numpy()
+
+    @torch.no_grad()
+    def item_log_probs(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """``[B, n_items + 1]``: every item's constrained ID log-probability after each history, by
+        teacher forcing each item's whole ID (column 0, padding, is -inf). The slow reference that beam
+        search is tested against: a beam at least as wide as the catalog returns exactly its top k."""
+        was = self.model.training
+        self.model.eval()
+        dev, trie = self.device, self.items.trie.to(self.device)
+        seqs, last = pad_right(histories, self.max_len)
+        seqs, last = seqs.to(dev), last.to(dev)
+        states = self.model.encode(seqs, self.id_tokens.to(dev))[torch.arange(len(histories), device=dev), last]
+        targets = self.targets[1:].to(dev)
+        n = targets.shape[0]
+        out = torch.full((len(histories), n + 1), -torch.inf, device=dev)
+        nodes = prefix_states(trie, targets)
+        free = free_positions(trie, nodes, targets != PAD)
+        previous = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
+        for b in range(len(histories)):
+            dec = self.model.decode(states[b].expand(n, -1), previous)
+            lp = torch.zeros(targets.shape, device=dev)
+            lp[free] = trie_log_probs(dec[free], nodes[free], targets[free], self.model.dec_emb.weight,
+                                      self.model.out_bias, trie)
+            out[b, 1:] = lp.sum(1)
+        self.model.train(was)
+        return out
+
+    # -- persistence -------------------------------------------------------------------------
+    def save_pretrained(self, directory: Path, config: ItemLevelConfig) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(directory / WEIGHTS_FILE))
+        meta = {"formulation": "items", "config": config.model_dump(), "words": self.vocab.words,
+                "max_len": self.max_len, "num_beams": self.num_beams, "loss": self.loss_kind}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def from_pretrained(cls, directory: Path, ids: Sequence[str], *, eval_batch_size: int = 128,
+                        device: str = "cpu") -> "ItemLevelRecommender":
+        directory = Path(directory)
+        meta = json.loads((directory / META_FILE).read_text())
+        vocab = WordVocab(meta["words"])
+        net = ItemLevelNet(ItemLevelConfig(**meta["config"]), len(vocab), meta["max_len"])
+        net.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        net.to(device).eval()
+        return cls(net, vocab, ids, max_len=meta["max_len"], num_beams=meta["num_beams"],
+                   eval_batch_size=eval_batch_size, loss=meta.get("loss", "trie"))
+
+
+def is_item_level(directory: Path) -> bool:
+    meta = Path(directory) / META_FILE
+    return meta.is_file() and json.loads(meta.read_text()).get("formulation") == "items"
+
+
+def pad_words(rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=1) or 1
+    out = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+    return out

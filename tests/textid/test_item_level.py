@@ -1,0 +1,110 @@
+"""formulation: items: beam search against the exact reference, exclusion, leakage, persistence, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from recfm.cli import app
+from recfm.data.registry import load_dataset
+from recfm.textid.item_level import ItemLevelConfig, ItemLevelNet, ItemLevelRecommender, WordVocab
+from recfm.textid.training import Catalog, TextIDConfig, TextIDModel
+from tests.test_textid_rec import perturb_targets, write_shop
+
+runner = CliRunner()
+ITEMS = dict(formulation="items", strategy="rec_only", rec_epochs=3, batch_size=8, num_beams=5, num_threads=1,
+             max_history=8, initial_ids={"kind": "table", "path": "dataset:item_initial_ids.txt"},
+             items={"hidden_size": 16, "num_layers": 1, "num_heads": 2, "decoder_size": 16})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def shop(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECFM_CACHE_DIR", str(tmp_path / "cache"))
+    return write_shop(tmp_path / "tiny-shop")
+
+
+def random_recommender(seed: int = 0) -> ItemLevelRecommender:
+    ids = [f"{w} {k}" for w in ("red", "blue", "green", "warm") for k in ("lamp", "chair", "soft chair", "lamp shade")]
+    vocab = WordVocab.of_ids(ids)
+    torch.manual_seed(seed)
+    net = ItemLevelNet(ItemLevelConfig(hidden_size=16, num_layers=1, num_heads=2, decoder_size=16), len(vocab), 6)
+    with torch.no_grad():  # spread the scores: an untrained net scores every ID almost alike
+        for p in net.parameters():
+            p.mul_(20)
+    return ItemLevelRecommender(net.eval(), vocab, ids, max_len=6, num_beams=4)
+
+
+def test_wide_beam_returns_the_exact_top_k_with_the_exact_scores():
+    rec = random_recommender()
+    histories = [[1, 2, 3], [5], [16, 4, 9, 9, 1, 2, 3, 7]]
+    exact = rec.item_log_probs(histories)
+    assert torch.allclose(exact[:, 1:].exp().sum(1), torch.ones(3), atol=1e-4)  # a distribution over items
+    rec.num_beams = rec.n_items
+    top = rec.recommend(histories, k=5)
+    want = torch.topk(exact, 5, dim=1)
+    assert np.array_equal(top.items, want.indices.numpy())
+    np.testing.assert_allclose(top.scores, want.values.numpy(), atol=1e-4)
+
+
+def test_exclusion_removes_items_and_lists_stay_distinct_real_items():
+    rec = random_recommender(1)
+    exclude = [{1, 2, 3, 4}, set(range(1, 16))]
+    top = rec.recommend([[1, 2], [3]], k=4, exclude=exclude)
+    assert not set(top.items[0]) & exclude[0] and len(set(top.items[0])) == 4
+    assert list(top.items[1]) == [16, 0, 0, 0]  # one allowed item left; the rest is padding
+    assert np.isneginf(top.scores[1, 1:]).all()
+
+
+def test_no_validation_or_test_target_reaches_the_item_level_model(shop, monkeypatch):
+    data = load_dataset(shop, use_cache=False)
+    other = perturb_targets(data, seed=3)
+    monkeypatch.setattr(TextIDModel, "_restore", lambda self, best: None)  # selection may differ; inputs may not
+    weights = []
+    for ds in (data, other):
+        m = TextIDModel(TextIDConfig(**ITEMS), ds.n_items, Catalog.of(ds, shop))
+        m.fit(ds.split(), log=lambda s: None)
+        weights.append(m.rec.model.state_dict())
+    for name, p in weights[0].items():
+        assert torch.equal(p, weights[1][name]), name
+
+
+def test_train_save_load_recommend_and_evaluate_through_the_cli(shop, tmp_path):
+    out = tmp_path / "run"
+    overrides = ["formulation=items", "strategy=rec_only", "rec_epochs=4", "batch_size=8", "num_beams=5",
+                 "num_threads=1", "max_history=8", "items.hidden_size=16", "items.num_layers=1", "items.decoder_size=16",
+                 "initial_ids.kind=table", "initial_ids.path=dataset:item_initial_ids.txt"]
+    r = runner.invoke(app, ["train", "textid", "-d", str(shop), "-o", str(out), "--no-preset", *overrides])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["cases"] == 30 and 0 <= metrics["test"]["ndcg@10"] <= 1
+    assert (out / "recommender" / "model.safetensors").is_file() and not (out / "id_generator").exists()
+    r = runner.invoke(app, ["recommend", "-r", str(out), "--user", "u3", "-k", "5"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", "-r", str(out)])
+    assert r.exit_code == 0, r.output
+    data = load_dataset(shop, use_cache=False)
+    split = data.split()
+    from recfm.runs import load_run
+
+    a = load_run(out)[2]
+    b = load_run(out)[2]
+    ta = a.recommend(split.test.histories[:10], 5)
+    assert np.array_equal(ta.items, b.recommend(split.test.histories[:10], 5).items)
+    assert ((ta.items > 0) & (ta.items <= data.n_items)).all()
+
+
+def test_item_level_needs_rec_only():
+    with pytest.raises(ValueError, match="rec_only"):
+        TextIDConfig(formulation="items", strategy="alternate")
