@@ -47,9 +47,10 @@ def decoding(args) -> list[str]:
     from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
 
     from recfm.data.registry import load_dataset
-    from recfm.textid.constrained import TrieLogitsProcessor, constrained_topk, dict_trie
-    from recfm.textid.trie import make_prefix_allowed_tokens_fn
-    from recfm.textid.training import Catalog, TextIDConfig, TextIDModel
+    from recfm.textid.config import Catalog, TextIDConfig
+    from recfm.textid.constrained import TrieLogitsProcessor, constrained_topk
+    from recfm.textid.reference import dict_trie, make_prefix_allowed_tokens_fn
+    from recfm.textid.training import TextIDModel
 
     data = load_dataset(args.dataset)
     cfg = TextIDConfig(backbone="t5-tiny", t5={"d_model": 128, "d_ff": 512, "d_kv": 32, "dropout_rate": 0.0},
@@ -128,7 +129,9 @@ def decoding(args) -> list[str]:
 
 def assignment(args) -> list[str]:
     from recfm.data.registry import load_dataset
-    from recfm.textid.idgen import IDGenerator, UniqueIdConfig, read_id_table
+    from recfm.textid.generator import IDGenerator
+    from recfm.textid.ids import read_id_table
+    from recfm.textid.unique_ids import UniqueIdConfig
 
     data = load_dataset(args.dataset)
     texts = data.item_text[: args.items]

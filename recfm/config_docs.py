@@ -17,7 +17,7 @@ def _type_name(annotation: Any) -> str:
         return annotation.__name__
     text = str(annotation).replace("typing.", "")
     for prefix in ("recfm.", "pydantic."):
-        while prefix in text:  # recfm.textid.training.InitialIds -> InitialIds
+        while prefix in text:  # recfm.textid.initial_ids.InitialIds -> InitialIds
             start = text.index(prefix)
             end = start
             while end < len(text) and (text[end].isalnum() or text[end] in "._"):

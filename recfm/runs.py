@@ -209,7 +209,7 @@ def _catalog_kwargs(entry, data, dataset: str) -> dict:
     if not getattr(entry.model, "uses_catalog", False):
         return {}
     from recfm.data.registry import DATASETS, resolve
-    from recfm.textid.training import Catalog
+    from recfm.textid.config import Catalog
 
     source = resolve(dataset)[2] if (dataset in DATASETS or Path(dataset).exists()) else None
     return {"catalog": Catalog.of(data, source if source is not None and source.is_dir() else None)}
@@ -263,7 +263,7 @@ def evaluate_run(run_dir: Path, progress=None, exclude_history: bool | None = No
         if not hasattr(recommender, "for_catalog"):
             raise RunError(f"{run.model['name']} cannot score an unseen dataset: its items are learned ids, "
                            "not text (zero-shot needs a text-based model such as textid)")
-        from recfm.textid.training import Catalog
+        from recfm.textid.config import Catalog
 
         data = load_dataset(dataset)
         recommender = recommender.for_catalog(Catalog.of(data))

@@ -83,7 +83,7 @@ def test_lines_seconds_resume_truncation_and_the_picture(tmp_path):
 def test_report_to_is_checked_and_a_missing_tensorboard_is_one_clear_error(tmp_path, monkeypatch):
     from recfm.baselines.sasrec import SASRecConfig
     from recfm.multitask.trainer import MultiTaskConfig
-    from recfm.textid.training import TextIDConfig
+    from recfm.textid.config import TextIDConfig
 
     assert report_targets("none") == [] and report_targets(["tensorboard"]) == ["tensorboard"]
     assert report_targets("all") == ["tensorboard"] and report_targets(["none", "TensorBoard"]) == ["tensorboard"]

@@ -74,7 +74,7 @@ def test_output_naming_a_file_is_one_line(shop, tmp_path):
 def test_config_file_layers_over_the_preset_instead_of_replacing_it(tmp_path):
     from recfm.baselines.sasrec import SASRecConfig
     from recfm.config import resolve
-    from recfm.textid.training import TextIDConfig
+    from recfm.textid.config import TextIDConfig
 
     cfg = tmp_path / "mine.yaml"
     cfg.write_text("model:\n  epochs: 2\n")

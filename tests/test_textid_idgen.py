@@ -24,22 +24,17 @@ from recfm.textid.diverse_beam import (  # noqa: E402
     diverse_beam_search_tokens,
     encode_sources,
 )
-from recfm.textid.idgen import (  # noqa: E402
-    IDGenerator,
+from recfm.textid.generator import IDGenerator  # noqa: E402
+from recfm.textid.ids import extractive_ids, make_unique, normalize_id, with_suffix  # noqa: E402
+from recfm.textid.initial_ids import (  # noqa: E402
     InitialIds,
-    UniqueIdConfig,
-    assign_unique_ids,
-    assign_unique_ids_sequential,
-    extractive_ids,
     import_id_table,
     initial_ids,
     keyword_prompts,
     llm_keyword_ids,
-    make_unique,
-    normalize_id,
     parse_keywords,
-    with_suffix,
 )
+from recfm.textid.unique_ids import UniqueIdConfig, assign_unique_ids, assign_unique_ids_sequential  # noqa: E402
 
 ITEMS = [
     "title: Maybelline Color Sensational Lipstick; brand: Maybelline; category: lips",

@@ -12,8 +12,10 @@ from typer.testing import CliRunner
 from recfm.cli import app
 from recfm.data.dataset import SequenceDataset, concat_datasets
 from recfm.data.registry import load_dataset
+from recfm.textid.backbones import check_shared_vocabulary
+from recfm.textid.config import Catalog, TextIDConfig
 from recfm.textid.prompts import TEMPLATES, PromptBuilder
-from recfm.textid.training import Catalog, TextIDConfig, TextIDModel, check_shared_vocabulary, training_instances
+from recfm.textid.training import TextIDModel, training_instances
 
 runner = CliRunner()
 WORDS = ["red", "blue", "green", "soft", "hard", "big", "small", "round", "flat", "long", "warm", "cool"]
@@ -170,7 +172,7 @@ def test_generator_step_trains_the_generator_only(shop):
 
 def test_generator_and_recommender_must_share_a_tokenizer(shop):
     from recfm.models import build_seq2seq, train_tokenizer
-    from recfm.textid.idgen import IDGenerator
+    from recfm.textid.generator import IDGenerator
 
     data = load_dataset(shop, use_cache=False)
     m = tiny_model(data)

@@ -19,13 +19,12 @@ import recfm.textid.constrained as constrained_mod  # noqa: E402
 from recfm.models import build_seq2seq, train_tokenizer  # noqa: E402
 from recfm.textid.trie import DEAD as DEAD_STATE  # noqa: E402
 from recfm.textid import (  # noqa: E402
-    DictTrie,
     DuplicateItemIDError,
     TokenTrie,
     TrieLogitsProcessor,
     constrained_topk,
-    make_prefix_allowed_tokens_fn,
 )
+from recfm.textid.reference import DictTrie, make_prefix_allowed_tokens_fn  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,7 +7,7 @@ Every model class follows one contract:
     model.save(dir); Model.load(dir, config, n_items)
 
 Models that read item text (``uses_catalog = True`` on the class, e.g. ``textid``) also take
-``catalog=`` (a ``recfm.textid.training.Catalog``: item keys, texts, titles) in both calls.
+``catalog=`` (a ``recfm.textid.config.Catalog``: item keys, texts, titles) in both calls.
 ``weights_dir`` is where a run keeps the weights ("" = the run directory itself).
 """
 
@@ -20,7 +20,8 @@ from pydantic import BaseModel
 from recfm.baselines.gru4rec import GRU4Rec, GRU4RecConfig
 from recfm.baselines.pop import MostPopular, PopConfig
 from recfm.baselines.sasrec import SASRec, SASRecConfig
-from recfm.textid.training import TextIDConfig, TextIDModel
+from recfm.textid.config import TextIDConfig
+from recfm.textid.training import TextIDModel
 
 
 @dataclass(frozen=True)

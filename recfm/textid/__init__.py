@@ -8,10 +8,13 @@
 ``TokenTrie`` keeps the trie as flat tensors (CSR children + sorted transition keys), so the
 allowed tokens and next states of all beams come from a few tensor operations;
 ``TrieLogitsProcessor`` plugs it into ``generate``. ``DictTrie`` and
-``make_prefix_allowed_tokens_fn`` are the slow dict-of-dicts reference of the public code.
+``make_prefix_allowed_tokens_fn`` (``recfm.textid.reference``) are the slow dict-of-dicts
+reference of the public code. ``TextIDModel`` (``recfm.textid.training``) is the ``textid`` row
+of the model table and ``TextIDConfig`` (``recfm.textid.config``) its configuration.
 
-The trie needs only torch and numpy; the generation names (``recfm.textid.constrained``) import
-transformers on first use, so ``import recfm.textid`` stays light.
+The trie needs only torch and numpy; the generation names (``recfm.textid.constrained``, which
+imports transformers) and the model names are imported on first use, so ``import recfm.textid``
+stays light.
 """
 
 from __future__ import annotations
@@ -19,19 +22,25 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from recfm.textid.trie import DEAD, DictTrie, DuplicateItemIDError, TokenTrie, make_prefix_allowed_tokens_fn
+from recfm.textid.reference import DictTrie, dict_trie, make_prefix_allowed_tokens_fn
+from recfm.textid.trie import DEAD, DuplicateItemIDError, TokenTrie
 
 _LAZY = {
+    "Catalog": "recfm.textid.config",
+    "TextIDConfig": "recfm.textid.config",
+    "TextIDModel": "recfm.textid.training",
     "TrieLogitsProcessor": "recfm.textid.constrained",
     "constrained_topk": "recfm.textid.constrained",
-    "dict_trie": "recfm.textid.constrained",
     "select_topk": "recfm.textid.constrained",
 }
 
 __all__ = [
+    "Catalog",
     "DEAD",
     "DictTrie",
     "DuplicateItemIDError",
+    "TextIDConfig",
+    "TextIDModel",
     "TokenTrie",
     "TrieLogitsProcessor",
     "constrained_topk",

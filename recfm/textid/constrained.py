@@ -13,7 +13,7 @@ the same beams and scores; only the time differs.
 
 :func:`constrained_topk` runs beam search with it (seq2seq or decoder-only backbones) and maps
 the returned sequences to item indices. ``constraint="prefix_fn"`` runs the same search with
-the slow reference (:class:`~recfm.textid.trie.DictTrie` + ``prefix_allowed_tokens_fn``, as the
+the slow reference (:class:`~recfm.textid.reference.DictTrie` + ``prefix_allowed_tokens_fn``, as the
 public IDGenRec code), ``constraint="none"`` runs unconstrained beam search; both are there for
 tests and benchmarks.
 """
@@ -24,7 +24,8 @@ from typing import Collection, Mapping, Sequence
 
 import torch
 
-from recfm.textid.trie import DEAD, DictTrie, ExcludedEdges, TokenTrie, make_prefix_allowed_tokens_fn
+from recfm.textid.reference import dict_trie, make_prefix_allowed_tokens_fn
+from recfm.textid.trie import DEAD, ExcludedEdges, TokenTrie
 
 try:  # transformers is imported lazily elsewhere in recfm; a processor needs its base class
     from transformers import LogitsProcessor, LogitsProcessorList
@@ -274,15 +275,6 @@ def beam_shared_cross_cache(config):
             self.self_attention_cache.reorder_cache(beam_idx)
 
     return _BeamSharedCrossCache(DynamicCache(config=config), DynamicCache(config=config))
-
-
-def dict_trie(trie: TokenTrie) -> DictTrie:
-    """The slow reference trie with the same IDs (built once per TokenTrie, cached on it)."""
-    cached = getattr(trie, "_dict_trie", None)
-    if cached is None:
-        cached = DictTrie.from_token_trie(trie)
-        trie._dict_trie = cached
-    return cached
 
 
 def select_topk(

@@ -54,6 +54,8 @@ from typing import Sequence
 
 import torch
 
+from recfm.textid.ids import normalize_id
+
 _INACTIVE = -1e9  # score of the not-yet-used beams of a group at step 0 (as transformers 4 did)
 _TIE_MARGIN = 8  # extra top-k candidates so ties at the 2B boundary break by index, not by topk
 
@@ -81,23 +83,19 @@ def diverse_beam_search(
 ) -> list[list[str]]:
     """``num_groups`` candidate IDs per text: the best hypothesis of each group, in group order,
     decoded (``skip_special_tokens``) and, if ``normalize``, passed through
-    ``recfm.textid.idgen.normalize_id`` (an empty string is an invalid candidate the caller skips).
+    ``recfm.textid.ids.normalize_id`` (an empty string is an invalid candidate the caller skips).
     ``min_new_tokens``/``max_new_tokens`` bound the ID length in tokens, EOS not counted.
     """
     hyps = diverse_beam_search_tokens(
         model, tokenizer, texts, num_groups, beams_per_group, diversity_penalty, min_new_tokens,
         max_new_tokens, batch_size, length_penalty=length_penalty, max_source_length=max_source_length,
     )
-    if normalize:
-        from recfm.textid.idgen import normalize_id
-    else:
-        def normalize_id(s: str) -> str:
-            return s
+    clean = normalize_id if normalize else str
     flat = [list(h.tokens) for per_item in hyps for h in per_item]
     decoded = tokenizer.batch_decode(flat, skip_special_tokens=True) if flat else []
     out, k = [], 0
     for per_item in hyps:
-        out.append([normalize_id(s) for s in decoded[k : k + len(per_item)]])
+        out.append([clean(s) for s in decoded[k : k + len(per_item)]])
         k += len(per_item)
     return out
 

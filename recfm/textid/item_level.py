@@ -28,7 +28,7 @@ from torch import nn
 
 from recfm.data.windows import epoch_batches, pad_right
 from recfm.recommender import TopK
-from recfm.textid.idgen import normalize_id
+from recfm.textid.ids import normalize_id
 from recfm.textid.recommender import ItemIdTable
 from recfm.textid.trie import TokenTrie
 from recfm.textid.trie_loss import free_positions, prefix_states, segment_logsumexp, trie_log_probs
@@ -51,6 +51,9 @@ class ItemLevelConfig(BaseModel):
     dropout: float = Field(0.4, ge=0, lt=1, description="dropout of the item embeddings and the transformer")
     decoder_size: int = Field(128, ge=8, description="width of the GRU that writes the next ID word by word")
     decoder_dropout: float = Field(0.2, ge=0, lt=1, description="dropout on the decoder's outputs")
+    tie_words: bool = Field(False, description="the decoder's word embeddings (input and output) are the history "
+                            "side's, projected to decoder_size: a word learns one meaning, read and written (as "
+                            "SASRec ties its input and output item embeddings)")
 
 
 class WordVocab:
@@ -93,7 +96,11 @@ class ItemLevelNet(nn.Module):
         self.ln = nn.LayerNorm(d)
         self.dec_init = nn.Linear(d, dd)
         self.dec_context = nn.Linear(d, dd)
-        self.dec_emb = nn.Embedding(vocab_size, dd, padding_idx=PAD)  # tied with the output layer
+        self.tie_words = config.tie_words
+        if config.tie_words:
+            self.dec_proj = nn.Linear(d, dd, bias=False)
+        else:
+            self.dec_emb = nn.Embedding(vocab_size, dd, padding_idx=PAD)  # tied with the output layer
         self.gru = nn.GRU(2 * dd, dd, batch_first=True)
         self.dec_drop = nn.Dropout(config.decoder_dropout)
         self.out_bias = nn.Parameter(torch.zeros(vocab_size))
@@ -123,19 +130,21 @@ class ItemLevelNet(nn.Module):
         fed beside every input word."""
         return torch.tanh(self.dec_init(states))[None], self.dec_context(states)
 
-    def decode(self, states: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    def decoder_words(self) -> torch.Tensor:
+        """``[V, dd]``: the decoder's word embeddings, read as inputs and scored as outputs."""
+        return self.dec_proj(self.word_emb.weight) if self.tie_words else self.dec_emb.weight
+
+    def decode(self, states: torch.Tensor, previous: torch.Tensor, words: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher forcing: ``previous`` ``[M, L]`` (BOS, then the ID's words) -> outputs ``[M, L, dd]``."""
+        words = self.decoder_words() if words is None else words
         h0, context = self.decoder_start(states)
-        x = torch.cat([self.dec_emb(previous), context[:, None].expand(-1, previous.shape[1], -1)], dim=-1)
+        x = torch.cat([words[previous], context[:, None].expand(-1, previous.shape[1], -1)], dim=-1)
         out, _ = self.gru(x, h0)
         return self.dec_drop(out)
 
-    def decode_step(self, h: torch.Tensor, context: torch.Tensor, previous: torch.Tensor):
-        out, h = self.gru(torch.cat([self.dec_emb(previous), context], dim=-1)[:, None], h)
+    def decode_step(self, h: torch.Tensor, context: torch.Tensor, previous: torch.Tensor, words: torch.Tensor):
+        out, h = self.gru(torch.cat([words[previous], context], dim=-1)[:, None], h)
         return out[:, 0], h
-
-    def logits(self, out: torch.Tensor) -> torch.Tensor:
-        return out @ self.dec_emb.weight.T + self.out_bias
 
 
 class ItemLevelRecommender:
@@ -185,15 +194,16 @@ class ItemLevelRecommender:
         states = self.model.encode(inputs, self.id_tokens.to(dev))[mask]
         targets = self.targets.to(dev)[labels[mask]]  # [M, L]: the next items' words and EOS
         previous = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
-        out = self.model.decode(states, previous)
+        words = self.model.decoder_words()
+        out = self.model.decode(states, previous, words)
         valid = targets != PAD
         if self.loss_kind == "full":
-            logits = self.model.logits(out[valid])
+            logits = out[valid] @ words.T + self.model.out_bias
             return nn.functional.cross_entropy(logits, targets[valid]), int(valid.sum())
         trie = self.items.trie.to(dev)
         nodes = prefix_states(trie, targets)
         free = free_positions(trie, nodes, valid)
-        lp = trie_log_probs(out[free], nodes[free], targets[free], self.model.dec_emb.weight, self.model.out_bias, trie)
+        lp = trie_log_probs(out[free], nodes[free], targets[free], words, self.model.out_bias, trie)
         return -lp.mean(), int(free.sum())
 
     def train_epoch(self, windows: np.ndarray, batch_size: int, rng: np.random.Generator,
@@ -248,7 +258,7 @@ class ItemLevelRecommender:
         product at the root (one live beam per history, every first word allowed), a sparse gather
         below it. Candidates of a history's beams compete for its ``beam`` slots (a segmented top-k)."""
         dev, net, trie = self.device, self.model, self.items.trie.to(self.device)
-        weight, bias = net.dec_emb.weight, net.out_bias
+        weight, bias = net.decoder_words(), net.out_bias
         seqs, last = pad_right(histories, self.max_len)
         seqs, last = seqs.to(dev), last.to(dev)
         b = seqs.shape[0]
@@ -265,7 +275,7 @@ class ItemLevelRecommender:
             live = torch.isfinite(score) & ~done
             if not bool(live.any()):
                 break
-            out, h = net.decode_step(h, context, previous)
+            out, h = net.decode_step(h, context, previous, weight)
             rows, toks, lp = [], [], []
             at_root = torch.nonzero(live & (nodes == 0)).squeeze(1)
             if at_root.numel():
@@ -327,11 +337,11 @@ class ItemLevelRecommender:
         nodes = prefix_states(trie, targets)
         free = free_positions(trie, nodes, targets != PAD)
         previous = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
+        words = self.model.decoder_words()
         for b in range(len(histories)):
-            dec = self.model.decode(states[b].expand(n, -1), previous)
+            dec = self.model.decode(states[b].expand(n, -1), previous, words)
             lp = torch.zeros(targets.shape, device=dev)
-            lp[free] = trie_log_probs(dec[free], nodes[free], targets[free], self.model.dec_emb.weight,
-                                      self.model.out_bias, trie)
+            lp[free] = trie_log_probs(dec[free], nodes[free], targets[free], words, self.model.out_bias, trie)
             out[b, 1:] = lp.sum(1)
         self.model.train(was)
         return out

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from recfm.recommender import TopK
-from recfm.textid.idgen import normalize_id
+from recfm.textid.ids import normalize_id
 from recfm.textid.prompts import Prompt, PromptBuilder
 from recfm.textid.trie import TokenTrie
 

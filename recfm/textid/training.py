@@ -4,7 +4,7 @@
 
 1. item IDs: round 1 takes the initial IDs (``initial_ids``: the paper's table, extractive words
    or LLM keywords; made unique by the suffix rule); later rounds regenerate all IDs with the
-   current generator by batched Algorithm 1 (``recfm.textid.idgen.assign_unique_ids``);
+   current generator by batched Algorithm 1 (``recfm.textid.unique_ids.assign_unique_ids``);
 2. the recommender, generator frozen: ``rec_epochs`` of teacher forcing on every training prefix
    (one of the 10 templates sampled per instance), selected on validation;
 3. the generator, recommender frozen (not after the last round, whose IDs the recommender was
@@ -23,190 +23,31 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recfm import distributed
 from recfm.compute import training_context
-from recfm.curves import REPORT_TO_HELP, ReportTo, TrainingHistory
+from recfm.curves import TrainingHistory
 from recfm.data.split import LeaveOneOut
 from recfm.evaluation.protocol import Protocol, evaluate
 from recfm.data.windows import training_windows
-from recfm.textid.idgen import IDGenerator, InitialIds, UniqueIdConfig, initial_ids, make_unique, normalize_id
-from recfm.textid.item_level import ItemLevelConfig, ItemLevelNet, ItemLevelRecommender, WordVocab, is_item_level
+from recfm.textid.backbones import _is_seq2seq_folder, check_shared_vocabulary, load_backbone
+from recfm.textid.config import Catalog, TextIDConfig
+from recfm.textid.generator import IDGenerator
+from recfm.textid.ids import make_unique, normalize_id
+from recfm.textid.initial_ids import initial_ids
+from recfm.textid.item_level import ItemLevelNet, ItemLevelRecommender, WordVocab, is_item_level
 from recfm.textid.prompts import TEMPLATES, PromptBuilder
-from recfm.textid.recommender import ITEM_IDS_FILE, ItemIdTable, TextIDRecommender, id_prefix, pad_rows
+from recfm.textid.recommender import ITEM_IDS_FILE, ItemIdTable, TextIDRecommender, pad_rows
+from recfm.textid.user_ids import UserIds
 
 log = logging.getLogger("recfm.textid")
 
-T5_PREFIX = "t5-"  # "t5-tiny" / "t5-mini" / "t5-small": built from a config on a catalog tokenizer
 REPORT_FILE = "textid.json"
-
-
-class TextIDConfig(BaseModel):
-    """Configuration of the ``textid`` model (IDGenRec). Defaults follow the paper where it says;
-    ``configs/textid-*.yaml`` hold the CPU presets and ``configs/textid-paper.yaml`` the paper's sizes."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = "textid"
-    formulation: Literal["prompt", "items"] = Field(
-        "prompt", description="prompt: the paper's one prompt per history prefix through a language model; items: "
-        "history items as positions of a causal transformer, the next ID decoded word by word, every next-item "
-        "prediction of a sequence in one pass (sizes in `items`)")
-    loss: Literal["trie", "full"] = Field(
-        "trie", description="trie: softmax of each ID token over the tokens the prefix trie allows there, no loss on "
-        "forced tokens (what constrained decoding compares); full: softmax over the whole vocabulary (the paper)")
-    items: ItemLevelConfig = Field(default_factory=ItemLevelConfig, description="sizes of formulation: items")
-    backbone: str = Field("t5-small", description="t5-tiny|t5-mini|t5-small (from config), a seq2seq or causal "
-                          "LM path / hub name, or an offline alias such as smollm2-135m-instruct")
-    t5: dict[str, Any] = Field(default_factory=dict, description="T5Config overrides for t5-* backbones")
-    generator: str = Field("tiny", description="size of the T5 ID generator (tiny|mini|small), built on the shared tokenizer")
-    generator_dropout: float | None = Field(None, ge=0, lt=1, description="the generator's dropout (None = its size's default)")
-    vocab_size: int = Field(8000, ge=64, description="catalog tokenizer size (t5-* backbones)")
-    lora_r: int = Field(0, ge=0, description=">0: train LoRA adapters of this rank (peft) instead of all weights")
-    lora_alpha: int = Field(32, ge=1)
-    initial_ids: InitialIds = Field(default_factory=InitialIds)
-    unique: UniqueIdConfig = Field(default_factory=UniqueIdConfig)
-    prompt_ids: Literal["item", "user", "both"] = "both"
-    strategy: Literal["rec_only", "id_only", "alternate"] = "alternate"
-    rounds: int = Field(3, ge=1)
-    rec_epochs: int = Field(10, ge=0)
-    gen_epochs: int = Field(1, ge=0)
-    rec_lr: float = Field(1e-3, gt=0)
-    gen_lr: float = Field(1e-8, gt=0)
-    gen_max_instances: int | None = Field(None, ge=1, description="cap on training instances per generator epoch")
-    warm_start_epochs: int = Field(1, ge=0, description="generator epochs on (item text -> initial ID) first")
-    warm_start_lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
-    max_history: int = Field(20, ge=1, description="most recent history items in a prompt")
-    max_instances_per_user: int | None = Field(None, ge=1, description="train on each user's most recent prefixes only")
-    max_prompt_tokens: int = Field(512, ge=16)
-    num_beams: int = Field(20, ge=1)
-    eval_template: int = Field(0, ge=0, lt=len(TEMPLATES))
-    eval_batch_size: int = Field(64, ge=1)
-    valid_sample: int = Field(0, ge=0, description="validation cases used for epoch selection (0 = all)")
-    eval_every: int = Field(1, ge=1)
-    patience: int = Field(3, ge=1)
-    max_train_minutes: float | None = Field(None, gt=0)
-    num_threads: int | None = Field(None, ge=1)
-    device: str = "cpu"
-    seed: int = 0
-    report_to: ReportTo = Field("none", description=REPORT_TO_HELP)
-
-    @model_validator(mode="after")
-    def _items_is_rec_only(self) -> "TextIDConfig":
-        if self.formulation == "items" and self.strategy != "rec_only":
-            raise ValueError(f"formulation 'items' trains the recommender on fixed IDs: strategy must be 'rec_only' "
-                             f"(got {self.strategy!r}); alternate training needs formulation 'prompt'")
-        return self
-
-
-@dataclass
-class Catalog:
-    """What the text-based model knows of a dataset's items (never its interactions)."""
-
-    item_keys: list[str]
-    texts: list[str]
-    titles: list[str]
-    source_dir: Path | None = None
-
-    @classmethod
-    def of(cls, data, source_dir: Path | None = None) -> "Catalog":
-        return cls(list(data.item_ids), list(data.item_text), list(data.item_titles), source_dir)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_keys)
-
-
-# -- backbones --------------------------------------------------------------------------------
-def _is_seq2seq_folder(path: str) -> bool | None:
-    cfg = Path(path) / "config.json"
-    if cfg.is_file():
-        return bool(json.loads(cfg.read_text()).get("is_encoder_decoder", False))
-    return None
-
-
-def load_backbone(name: str, catalog_texts: Sequence[str], cfg: TextIDConfig, extra_texts: Sequence[str] = ()):
-    """(model, tokenizer) of the recommender; t5-* sizes get a tokenizer trained on the catalog."""
-    from recfm.models import build_seq2seq, load_causal_lm, load_seq2seq, train_tokenizer
-    from recfm.models.registry import resolve_alias
-
-    if name.startswith(T5_PREFIX):
-        tok = train_tokenizer([*catalog_texts, *extra_texts, *TEMPLATES], vocab_size=cfg.vocab_size, lowercase=True)
-        return build_seq2seq(name[len(T5_PREFIX):], tok, seed=cfg.seed, **cfg.t5), tok
-    alias = resolve_alias(name)
-    if alias is not None and alias.kind == "encoder":
-        raise ValueError(f"backbone {name!r} is an encoder, not a generative model; use a seq2seq or causal LM")
-    seq2seq = (alias.kind == "seq2seq") if alias is not None else _is_seq2seq_folder(name)
-    if seq2seq is None:  # a hub name: whichever architecture it has
-        try:
-            model, tok = load_seq2seq(name)
-        except Exception:
-            model, tok = load_causal_lm(name)
-    else:
-        model, tok = (load_seq2seq if seq2seq else load_causal_lm)(name)
-    if cfg.lora_r:
-        model = _with_lora(model, cfg)
-    return model, tok
-
-
-def _with_lora(model, cfg: TextIDConfig):
-    from peft import LoraConfig, get_peft_model
-
-    targets = ["q", "k", "v", "o"] if getattr(model.config, "is_encoder_decoder", False) else ["q_proj", "k_proj", "v_proj", "o_proj"]
-    peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.05, target_modules=targets)
-    return get_peft_model(model, peft_cfg)
-
-
-def check_shared_vocabulary(generator: IDGenerator, recommender_model, tokenizer) -> None:
-    """The soft-embedding step multiplies generator probabilities by the recommender's embedding
-    matrix: both must index the same vocabulary."""
-    gen_vocab = generator.model.get_output_embeddings().weight.shape[0]
-    rec_rows = recommender_model.get_input_embeddings().weight.shape[0]
-    if generator.tokenizer.get_vocab() != tokenizer.get_vocab() or gen_vocab > rec_rows:
-        raise ValueError(
-            "the ID generator and the recommender must share one tokenizer (generator vocabulary "
-            f"{gen_vocab}, recommender embedding rows {rec_rows}); build the generator on the recommender's "
-            "tokenizer (TextIDModel does) instead of loading one with its own vocabulary"
-        )
-
-
-# -- user IDs ---------------------------------------------------------------------------------
-class UserIds:
-    """User textual IDs made by the generator from the titles of the history it is given (the
-    model input), cached per history; ``clear()`` after the generator changes."""
-
-    def __init__(self, generator: IDGenerator, titles: Sequence[str], max_chars: int = 600):
-        self.generator = generator
-        self.titles = titles
-        self.max_chars = max_chars
-        self.prefix = id_prefix(generator.tokenizer)
-        self.cache: dict[tuple[int, ...], list[int]] = {}
-        self.seen_texts = 0  # how many histories were turned into user IDs (tests read it)
-
-    def text(self, window: Sequence[int]) -> str:
-        return "; ".join(self.titles[i - 1] for i in reversed(window))[: self.max_chars]
-
-    def clear(self) -> None:
-        self.cache.clear()
-
-    def __call__(self, windows: Sequence[Sequence[int]]) -> list[list[int]]:
-        keys = [tuple(int(i) for i in w) for w in windows]
-        todo = sorted({k for k in keys if k not in self.cache})
-        if todo:
-            self.seen_texts += len(todo)
-            ids = self.generator.generate_ids([self.text(k) for k in todo], num_groups=1, max_new_tokens=9)
-            tok = self.generator.tokenizer
-            enc = tok([self.prefix + normalize_id(c[0] if c else "") for c in ids], add_special_tokens=False)["input_ids"]
-            self.cache.update(zip(todo, enc))
-        return [self.cache[k] for k in keys]
 
 
 # -- training instances -----------------------------------------------------------------------

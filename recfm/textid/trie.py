@@ -1,4 +1,4 @@
-"""Token-level prefix tries over textual item IDs, as flat tensors (vectorised) and as nested dicts (reference).
+"""The token-level prefix trie over textual item IDs, as flat tensors (vectorised).
 
 IDGenRec (section 2.4, eq. 2-3) decodes the next item's textual ID under a prefix-tree
 constraint: at each step only tokens that extend the generated prefix towards some real item
@@ -21,15 +21,15 @@ state is a leaf), only ``pad`` and ``eos`` may follow, and they keep the state a
 finished sequences padded by ``generate`` still map to their item. The state ``-1`` is dead (an
 invalid prefix): nothing is allowed and every step stays dead.
 
-:class:`DictTrie` is the dict-of-dicts trie of the public IDGenRec / GENRE code, walked in
-Python per prefix; it is the reference the tests and benchmarks compare against.
+The slow dict-of-dicts reference it is tested and benchmarked against is
+:mod:`recfm.textid.reference`.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Collection, Iterable, Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 import torch
@@ -593,100 +593,3 @@ class TokenTrie:
         out.view(-1)[flat] = kept
         out[hrows] = heavy_vals
         return out
-
-
-class DictTrie:
-    """The dict-of-dicts trie of the public IDGenRec / GENRE code: the slow reference.
-
-    ``get(prefix)`` walks the nested dicts token by token in Python and returns the allowed next
-    tokens (sorted), or ``None`` for an invalid prefix. After a complete ID (its EOS) only pad and
-    eos are allowed, as in :class:`TokenTrie`.
-    """
-
-    _ITEM = "item"
-
-    def __init__(
-        self,
-        seqs: Iterable[Sequence[int]],
-        eos_token_id: int,
-        *,
-        pad_token_id: int | None = None,
-        item_ids: Sequence[int] | None = None,
-    ):
-        seqs = [list(s) for s in seqs]
-        self.eos_token_id = int(eos_token_id)
-        self.pad_token_id = self.eos_token_id if pad_token_id is None else int(pad_token_id)
-        self._tail = sorted({self.pad_token_id, self.eos_token_id})
-        ids = _as_item_ids(item_ids, len(seqs)).tolist()
-        self.root: dict = {}
-        for item, seq in zip(ids, seqs):
-            if not seq or seq[-1] != self.eos_token_id:
-                seq = seq + [self.eos_token_id]
-            node = self.root
-            for tok in seq[:-1]:
-                node = node.setdefault(tok, {})
-            if self.eos_token_id in node:
-                clash = [node[self.eos_token_id][self._ITEM], item]
-                raise DuplicateItemIDError(f"items {clash} share tokens {seq}", [clash])
-            node[self.eos_token_id] = {self._ITEM: item}
-
-    @classmethod
-    def from_token_trie(cls, trie: TokenTrie) -> "DictTrie":
-        return cls(trie.sequences(), trie.eos_token_id, pad_token_id=trie.pad_token_id,
-                   item_ids=trie.items.tolist())
-
-    def _node(self, prefix: Sequence[int]):
-        node = self.root
-        for tok in prefix:
-            if self._ITEM in node:  # complete ID: pad / eos keep it there
-                if tok not in self._tail:
-                    return None
-                continue
-            node = node.get(tok)
-            if node is None:
-                return None
-        return node
-
-    def get(self, prefix: Sequence[int]) -> list[int] | None:
-        node = self._node(prefix)
-        if node is None:
-            return None
-        if self._ITEM in node:
-            return list(self._tail)
-        return sorted(node)
-
-    def item(self, prefix: Sequence[int]) -> int:
-        """The item whose complete ID is ``prefix`` (plus pad/eos), else 0."""
-        node = self._node(prefix)
-        return node[self._ITEM] if node is not None and self._ITEM in node else 0
-
-
-def make_prefix_allowed_tokens_fn(trie: DictTrie, prompt_length: int, dead_tokens: Sequence[int] | None = None,
-                                  exclude: Sequence[Collection[int]] | None = None):
-    """``prefix_allowed_tokens_fn(batch_id, input_ids)`` for ``generate``, as in the public IDGenRec code.
-
-    The generated suffix ``input_ids[prompt_length:]`` is walked in ``trie``. transformers rejects
-    an empty list, so an invalid prefix (a beam that is already at -inf) gets ``dead_tokens``
-    (default: pad), which changes nothing: its running score stays -inf. With ``exclude`` (per
-    prompt, the ``batch_id``), tokens whose every item below is excluded are not allowed: the slow
-    reference of :meth:`TokenTrie.exclusion_edges`.
-    """
-    dead = list(dead_tokens) if dead_tokens is not None else [trie.pad_token_id]
-    below: dict[int, set[int]] = {}
-
-    def items_below(node: dict) -> set[int]:
-        if id(node) not in below:
-            below[id(node)] = {node[DictTrie._ITEM]} if DictTrie._ITEM in node else \
-                set().union(*(items_below(child) for child in node.values()))
-        return below[id(node)]
-
-    def prefix_allowed_tokens(batch_id: int, input_ids: torch.Tensor) -> list[int]:
-        prefix = input_ids[prompt_length:].tolist()
-        allowed = trie.get(prefix)
-        if allowed and exclude is not None and exclude[batch_id]:
-            node = trie._node(prefix)
-            if DictTrie._ITEM not in node:
-                allowed = [t for t in allowed if not items_below(node[t]) <= set(exclude[batch_id])]
-        return allowed if allowed else dead
-
-    return prefix_allowed_tokens

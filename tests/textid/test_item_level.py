@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from recfm.cli import app
 from recfm.data.registry import load_dataset
+from recfm.textid.config import Catalog, TextIDConfig
 from recfm.textid.item_level import ItemLevelConfig, ItemLevelNet, ItemLevelRecommender, WordVocab
-from recfm.textid.training import Catalog, TextIDConfig, TextIDModel
+from recfm.textid.training import TextIDModel
 from tests.test_textid_rec import perturb_targets, write_shop
 
 runner = CliRunner()
@@ -35,19 +36,21 @@ def shop(tmp_path, monkeypatch):
     return write_shop(tmp_path / "tiny-shop")
 
 
-def random_recommender(seed: int = 0) -> ItemLevelRecommender:
+def random_recommender(seed: int = 0, tie_words: bool = False) -> ItemLevelRecommender:
     ids = [f"{w} {k}" for w in ("red", "blue", "green", "warm") for k in ("lamp", "chair", "soft chair", "lamp shade")]
     vocab = WordVocab.of_ids(ids)
     torch.manual_seed(seed)
-    net = ItemLevelNet(ItemLevelConfig(hidden_size=16, num_layers=1, num_heads=2, decoder_size=16), len(vocab), 6)
+    net = ItemLevelNet(ItemLevelConfig(hidden_size=16, num_layers=1, num_heads=2, decoder_size=16, tie_words=tie_words),
+                       len(vocab), 6)
     with torch.no_grad():  # spread the scores: an untrained net scores every ID almost alike
         for p in net.parameters():
             p.mul_(20)
     return ItemLevelRecommender(net.eval(), vocab, ids, max_len=6, num_beams=4)
 
 
-def test_wide_beam_returns_the_exact_top_k_with_the_exact_scores():
-    rec = random_recommender()
+@pytest.mark.parametrize("tie_words", [False, True])
+def test_wide_beam_returns_the_exact_top_k_with_the_exact_scores(tie_words):
+    rec = random_recommender(tie_words=tie_words)
     histories = [[1, 2, 3], [5], [16, 4, 9, 9, 1, 2, 3, 7]]
     exact = rec.item_log_probs(histories)
     assert torch.allclose(exact[:, 1:].exp().sum(1), torch.ones(3), atol=1e-4)  # a distribution over items

@@ -1,0 +1,127 @@
+"""Textual-ID formulations, losses and sizes in one table, beside SASRec trained by the same script.
+
+Each cell is one `recfm train` run in its own process, written to runs/bench/<dataset>/<cell>/ and
+reused unless --force. Cells (presets: configs/textid-<dataset>.yaml is the items formulation,
+configs/textid-<dataset>-prompt.yaml the paper's prompt formulation):
+
+    sasrec          recfm train sasrec with its preset (the yardstick, same box, same protocol)
+    items           the textid preset: items as positions, ID decoded word by word, trie loss
+    items-full      the same with the full-vocabulary softmax (loss=full)
+    items-untied    the same with separate decoder word embeddings (items.tie_words=false)
+    prompt          the paper's formulation (one prompt per prefix through a T5 from a config), full loss
+    prompt-trie     the same with the trie-restricted loss
+
+Writes docs/results.md between the 'textid-formulations' markers.
+
+    python benchmarks/textid_formulations.py --datasets movielens-100k --cells sasrec items items-full
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import ROOT, fmt, write_section  # noqa: E402
+
+CONFIGS = ROOT / "configs"
+# cell -> (model, preset file name pattern, overrides)
+CELLS = {
+    "sasrec": ("sasrec", "sasrec-{dataset}.yaml", []),
+    "items": ("textid", "textid-{dataset}.yaml", []),
+    "items-full": ("textid", "textid-{dataset}.yaml", ["loss=full"]),
+    "items-untied": ("textid", "textid-{dataset}.yaml", ["items.tie_words=false"]),
+    "prompt": ("textid", "textid-{dataset}-prompt.yaml", []),
+    "prompt-trie": ("textid", "textid-{dataset}-prompt.yaml", ["loss=trie"]),
+}
+FLOOR = 0.8  # the issue's floor: textid NDCG@10 >= 0.8 x SASRec (goal 1.0 x)
+
+
+def cell_command(dataset: str, cell: str, run_dir: Path, extra: list[str]) -> list[str]:
+    model, preset, overrides = CELLS[cell]
+    config = CONFIGS / preset.format(dataset=dataset)
+    if not config.is_file():
+        raise SystemExit(f"cell {cell!r} needs {config.relative_to(ROOT)}, which does not exist")
+    return [sys.executable, "-m", "recfm.cli", "train", model, "--dataset", dataset, "--output", str(run_dir),
+            "--overwrite", "--config", str(config), *overrides, *extra]
+
+
+def run_cell(dataset: str, cell: str, out_root: Path, force: bool, extra: list[str]) -> None:
+    run_dir = out_root / dataset / cell
+    if (run_dir / "metrics.json").is_file() and not force:
+        print(f"[reuse] {run_dir}", flush=True)
+        return
+    cmd = cell_command(dataset, cell, run_dir, extra)
+    print("[run]", shlex.join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def epochs_text(m: dict) -> str:
+    fit = m.get("training", {})
+    history = fit.get("history") or []
+    trained = [h for h in history if "loss" in h]
+    best = fit.get("best_epoch")
+    return f"{len(trained)} ({best})" if trained else "?"
+
+
+def table(out_root: Path, datasets: list[str]) -> str:
+    lines = [
+        "Command: `python benchmarks/textid_formulations.py --datasets DATASET --cells CELL ...` (each cell is one "
+        "`recfm train` run with its preset and the cell's overrides; see the script's docstring).  ",
+        f"Table written {dt.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} cores; "
+        "protocol: leave-one-out, full ranking over all items (beam search over every item's ID for textid), history "
+        "kept, selected on validation NDCG@10, test scored once, all users. `epochs (best)`: epochs trained and the "
+        "one selected.",
+        "",
+        "| dataset | cell | HR@10 | NDCG@10 | x SASRec | epochs (best) | s / epoch | train s | threads | run date |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset in datasets:
+        ref_file = out_root / dataset / "sasrec" / "metrics.json"
+        ref = json.loads(ref_file.read_text())["test"]["ndcg@10"] if ref_file.is_file() else None
+        for cell in CELLS:
+            path = out_root / dataset / cell / "metrics.json"
+            if not path.is_file():
+                continue
+            m = json.loads(path.read_text())
+            t = m["test"]
+            ratio = ""
+            if ref and cell != "sasrec":
+                r = t["ndcg@10"] / ref
+                ratio = f"{r:.2f}" + ("" if r >= FLOOR else f" (floor {FLOOR}: missed)")
+            history = [h for h in m.get("training", {}).get("history", []) if "train_seconds" in h or "seconds" in h]
+            per_epoch = [h.get("train_seconds", h.get("seconds")) for h in history]
+            spe = f"{sum(per_epoch) / len(per_epoch):.0f}" if per_epoch else "?"
+            env = m.get("environment", {})
+            lines.append(f"| {dataset} | {cell} | {fmt(t.get('hr@10'))} | {fmt(t.get('ndcg@10'))} | {ratio} | "
+                         f"{epochs_text(m)} | {spe} | {m.get('train_seconds', 0):.0f} | {env.get('torch_threads', '?')} | "
+                         f"{(env.get('date') or '?')[:10]} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["movielens-100k"])
+    ap.add_argument("--cells", nargs="+", default=["sasrec", "items"], choices=list(CELLS))
+    ap.add_argument("--output", type=Path, default=ROOT / "runs" / "bench")
+    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--table-only", action="store_true", help="only rewrite the table from finished cells")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides for every cell (e.g. num_threads=1)")
+    args = ap.parse_args()
+    if not args.table_only:
+        for d in args.datasets:
+            for c in args.cells:
+                run_cell(d, c, args.output, args.force, args.overrides)
+    write_section("textid-formulations", table(args.output, args.datasets))
+    print("wrote docs/results.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Configuration of the ``textid`` model (``TextIDConfig``) and the item catalog it reads (``Catalog``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from recfm.curves import REPORT_TO_HELP, ReportTo
+from recfm.textid.initial_ids import InitialIds
+from recfm.textid.item_level import ItemLevelConfig
+from recfm.textid.prompts import TEMPLATES
+from recfm.textid.unique_ids import UniqueIdConfig
+
+
+class TextIDConfig(BaseModel):
+    """Configuration of the ``textid`` model (IDGenRec). Defaults follow the paper where it says;
+    ``configs/textid-*.yaml`` hold the CPU presets and ``configs/textid-paper.yaml`` the paper's sizes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "textid"
+    formulation: Literal["prompt", "items"] = Field(
+        "prompt", description="prompt: the paper's one prompt per history prefix through a language model; items: "
+        "history items as positions of a causal transformer, the next ID decoded word by word, every next-item "
+        "prediction of a sequence in one pass (sizes in `items`)")
+    loss: Literal["trie", "full"] = Field(
+        "trie", description="trie: softmax of each ID token over the tokens the prefix trie allows there, no loss on "
+        "forced tokens (what constrained decoding compares); full: softmax over the whole vocabulary (the paper)")
+    items: ItemLevelConfig = Field(default_factory=ItemLevelConfig, description="sizes of formulation: items")
+    backbone: str = Field("t5-small", description="t5-tiny|t5-mini|t5-small (from config), a seq2seq or causal "
+                          "LM path / hub name, or an offline alias such as smollm2-135m-instruct")
+    t5: dict[str, Any] = Field(default_factory=dict, description="T5Config overrides for t5-* backbones")
+    generator: str = Field("tiny", description="size of the T5 ID generator (tiny|mini|small), built on the shared tokenizer")
+    generator_dropout: float | None = Field(None, ge=0, lt=1, description="the generator's dropout (None = its size's default)")
+    vocab_size: int = Field(8000, ge=64, description="catalog tokenizer size (t5-* backbones)")
+    lora_r: int = Field(0, ge=0, description=">0: train LoRA adapters of this rank (peft) instead of all weights")
+    lora_alpha: int = Field(32, ge=1)
+    initial_ids: InitialIds = Field(default_factory=InitialIds)
+    unique: UniqueIdConfig = Field(default_factory=UniqueIdConfig)
+    prompt_ids: Literal["item", "user", "both"] = "both"
+    strategy: Literal["rec_only", "id_only", "alternate"] = "alternate"
+    rounds: int = Field(3, ge=1)
+    rec_epochs: int = Field(10, ge=0)
+    gen_epochs: int = Field(1, ge=0)
+    rec_lr: float = Field(1e-3, gt=0)
+    gen_lr: float = Field(1e-8, gt=0)
+    gen_max_instances: int | None = Field(None, ge=1, description="cap on training instances per generator epoch")
+    warm_start_epochs: int = Field(1, ge=0, description="generator epochs on (item text -> initial ID) first")
+    warm_start_lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    max_history: int = Field(20, ge=1, description="most recent history items in a prompt")
+    max_instances_per_user: int | None = Field(None, ge=1, description="train on each user's most recent prefixes only")
+    max_prompt_tokens: int = Field(512, ge=16)
+    num_beams: int = Field(20, ge=1)
+    eval_template: int = Field(0, ge=0, lt=len(TEMPLATES))
+    eval_batch_size: int = Field(64, ge=1)
+    valid_sample: int = Field(0, ge=0, description="validation cases used for epoch selection (0 = all)")
+    eval_every: int = Field(1, ge=1)
+    patience: int = Field(3, ge=1)
+    max_train_minutes: float | None = Field(None, gt=0)
+    num_threads: int | None = Field(None, ge=1)
+    device: str = "cpu"
+    seed: int = 0
+    report_to: ReportTo = Field("none", description=REPORT_TO_HELP)
+
+    @model_validator(mode="after")
+    def _items_is_rec_only(self) -> "TextIDConfig":
+        if self.formulation == "items" and self.strategy != "rec_only":
+            raise ValueError(f"formulation 'items' trains the recommender on fixed IDs: strategy must be 'rec_only' "
+                             f"(got {self.strategy!r}); alternate training needs formulation 'prompt'")
+        return self
+
+
+@dataclass
+class Catalog:
+    """What the text-based model knows of a dataset's items (never its interactions)."""
+
+    item_keys: list[str]
+    texts: list[str]
+    titles: list[str]
+    source_dir: Path | None = None
+
+    @classmethod
+    def of(cls, data, source_dir: Path | None = None) -> "Catalog":
+        return cls(list(data.item_ids), list(data.item_text), list(data.item_titles), source_dir)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_keys)
