@@ -8,12 +8,13 @@ configs/textid-<dataset>-prompt.yaml the paper's prompt formulation):
     items           the textid preset: items as positions, ID decoded word by word, trie loss
     items-full      the same with the full-vocabulary softmax (loss=full)
     items-untied    the same with separate decoder word embeddings (items.tie_words=false)
+    items-unscaled  the same without the sqrt(d) scale of the pooled item vectors (items.scale_items=false)
     prompt          the paper's formulation (one prompt per prefix through a T5 from a config), full loss
     prompt-trie     the same with the trie-restricted loss
 
 Writes docs/results.md between the 'textid-formulations' markers.
 
-    python benchmarks/textid_formulations.py --datasets movielens-100k --cells sasrec items items-full
+    python benchmarks/textid_formulations.py --datasets movielens-100k --cells sasrec items items-full -- num_threads=1
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baselines import ROOT, fmt, write_section  # noqa: E402
 
 CONFIGS = ROOT / "configs"
+DATASETS = ["movielens-100k", "movielens-1m", "amazon-beauty", "amazon-sports"]
 # cell -> (model, preset file name pattern, overrides)
 CELLS = {
     "sasrec": ("sasrec", "sasrec-{dataset}.yaml", []),
     "items": ("textid", "textid-{dataset}.yaml", []),
     "items-full": ("textid", "textid-{dataset}.yaml", ["loss=full"]),
     "items-untied": ("textid", "textid-{dataset}.yaml", ["items.tie_words=false"]),
+    "items-unscaled": ("textid", "textid-{dataset}.yaml", ["items.scale_items=false"]),
     "prompt": ("textid", "textid-{dataset}-prompt.yaml", []),
     "prompt-trie": ("textid", "textid-{dataset}-prompt.yaml", ["loss=trie"]),
 }
@@ -71,7 +74,8 @@ def epochs_text(m: dict) -> str:
     return f"{len(trained)} ({best})" if trained else "?"
 
 
-def table(out_root: Path, datasets: list[str]) -> str:
+def table(out_root: Path) -> str:
+    """Rows for every finished cell of every dataset (also those of earlier invocations)."""
     lines = [
         "Command: `python benchmarks/textid_formulations.py --datasets DATASET --cells CELL ...` (each cell is one "
         "`recfm train` run with its preset and the cell's overrides; see the script's docstring).  ",
@@ -83,7 +87,7 @@ def table(out_root: Path, datasets: list[str]) -> str:
         "| dataset | cell | HR@10 | NDCG@10 | x SASRec | epochs (best) | s / epoch | train s | threads | run date |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for dataset in datasets:
+    for dataset in DATASETS:
         ref_file = out_root / dataset / "sasrec" / "metrics.json"
         ref = json.loads(ref_file.read_text())["test"]["ndcg@10"] if ref_file.is_file() else None
         for cell in CELLS:
@@ -108,7 +112,7 @@ def table(out_root: Path, datasets: list[str]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="+", default=["movielens-100k"])
+    ap.add_argument("--datasets", nargs="+", default=["movielens-100k"], choices=DATASETS)
     ap.add_argument("--cells", nargs="+", default=["sasrec", "items"], choices=list(CELLS))
     ap.add_argument("--output", type=Path, default=ROOT / "runs" / "bench")
     ap.add_argument("--force", action="store_true")
@@ -119,7 +123,7 @@ def main() -> None:
         for d in args.datasets:
             for c in args.cells:
                 run_cell(d, c, args.output, args.force, args.overrides)
-    write_section("textid-formulations", table(args.output, args.datasets))
+    write_section("textid-formulations", table(args.output))
     print("wrote docs/results.md")
 
 

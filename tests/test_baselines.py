@@ -209,7 +209,8 @@ def test_fused_cross_entropy_matches_reference():
     assert torch.allclose(grads[0], hidden.grad) and torch.allclose(grads[1], items.grad)
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("sasrec-*.yaml")) + sorted(CONFIGS.glob("gru4rec-*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("sasrec-*.yaml")) + sorted(CONFIGS.glob("gru4rec-*.yaml"))
+                         + sorted(CONFIGS.glob("textid-*.yaml")), ids=lambda p: p.name)
 def test_presets_validate(path):
     data = yaml.safe_load(path.read_text())
     assert set(data) <= {"dataset", "model", "prep", "protocol", "seed"}

@@ -87,7 +87,8 @@ def test_config_file_layers_over_the_preset_instead_of_replacing_it(tmp_path):
     textid_cfg = tmp_path / "textid.yaml"
     textid_cfg.write_text("model:\n  rec_epochs: 2\n")
     _, textid, _ = resolve("textid", "movielens-100k", TextIDConfig, textid_cfg)
-    assert textid.rec_epochs == 2 and textid.backbone == "t5-tiny"  # the preset's, not the paper-sized default
+    assert textid.rec_epochs == 2 and textid.formulation == "items"  # the preset's, not the paper's default
+    assert textid.items.hidden_size == 128 != TextIDConfig().items.hidden_size
 
     _, bare, layers = resolve("sasrec", "movielens-1m", SASRecConfig, cfg, use_preset=False)
     assert bare.max_len == SASRecConfig().max_len and bare.epochs == 2 and layers == ["defaults", str(cfg)]

@@ -17,6 +17,7 @@ holds the words of the catalog's IDs only (no interaction data reaches it).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Callable, Collection, Sequence
 
@@ -51,7 +52,10 @@ class ItemLevelConfig(BaseModel):
     dropout: float = Field(0.4, ge=0, lt=1, description="dropout of the item embeddings and the transformer")
     decoder_size: int = Field(128, ge=8, description="width of the GRU that writes the next ID word by word")
     decoder_dropout: float = Field(0.2, ge=0, lt=1, description="dropout on the decoder's outputs")
-    tie_words: bool = Field(False, description="the decoder's word embeddings (input and output) are the history "
+    scale_items: bool = Field(True, description="multiply the pooled item vectors by sqrt(hidden_size) before adding "
+                              "positions (as the Transformer and SASRec's original code scale embeddings): a mean of "
+                              "word embeddings is small, and unscaled the positions drown it out")
+    tie_words: bool = Field(True, description="the decoder's word embeddings (input and output) are the history "
                             "side's, projected to decoder_size: a word learns one meaning, read and written (as "
                             "SASRec ties its input and output item embeddings)")
 
@@ -97,6 +101,7 @@ class ItemLevelNet(nn.Module):
         self.dec_init = nn.Linear(d, dd)
         self.dec_context = nn.Linear(d, dd)
         self.tie_words = config.tie_words
+        self.item_scale = math.sqrt(d) if config.scale_items else 1.0
         if config.tie_words:
             self.dec_proj = nn.Linear(d, dd, bias=False)
         else:
@@ -119,7 +124,7 @@ class ItemLevelNet(nn.Module):
     def encode(self, items: torch.Tensor, id_tokens: torch.Tensor) -> torch.Tensor:
         """Right-padded ``[B, T]`` histories -> ``[B, T, d]`` causal states (position t sees items 0..t)."""
         t = items.shape[1]
-        x = self.item_vectors(items, id_tokens) + self.pos_emb(torch.arange(t, device=items.device))
+        x = self.item_vectors(items, id_tokens) * self.item_scale + self.pos_emb(torch.arange(t, device=items.device))
         x = self.drop(x)
         causal = nn.Transformer.generate_square_subsequent_mask(t, device=items.device)
         x = self.blocks(x, mask=causal, is_causal=True)
