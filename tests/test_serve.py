@@ -36,6 +36,10 @@ def runs(tmp_path_factory):
         *common, "backbone=t5-tiny", "vocab_size=200", "t5={dropout_rate: 0.0}", "rec_epochs=1", "warm_start_epochs=1",
         "batch_size=16", "num_beams=4", "num_threads=1", "initial_ids={kind: extractive}", "strategy=rec_only",
         "rounds=1"])
+    train_run("textid", str(folder), root / "textid-items", overrides=[
+        *common, "formulation=items", "strategy=rec_only", "rec_epochs=2", "batch_size=8", "num_beams=4",
+        "num_threads=1", "initial_ids={kind: extractive}", "max_history=8",
+        "items={hidden_size: 16, num_layers: 1, num_heads: 2, decoder_size: 16}"])
     return root
 
 
@@ -184,11 +188,12 @@ def test_concurrent_requests_share_model_calls_and_match_single_answers(client):
     concurrent_matches_alone(client, [[f"i{(u + j) % 12}" for j in range(1 + u % 5)] for u in range(24)])
 
 
-def test_textid_answers_do_not_depend_on_the_requests_batched_with_them(runs):
+@pytest.mark.parametrize("run", ["textid", "textid-items"])
+def test_textid_answers_do_not_depend_on_the_requests_batched_with_them(runs, run):
     """Beam search over textual IDs with histories of very different lengths excluded: every
     batched answer is the one the request gets alone (exclusion happens inside the search, so the
-    beam width does not grow with the longest history of the batch)."""
-    service = RecommendationService.from_run(runs / "textid", Limits(max_history=12, max_k=20))
+    beam width does not grow with the longest history of the batch). Both formulations."""
+    service = RecommendationService.from_run(runs / run, Limits(max_history=12, max_k=20))
     assert service.textual_ids is not None
     with TestClient(create_app(service, max_batch=16, max_wait_ms=50)) as c:
         histories = [[f"i{(u + j) % 12}" for j in range(1 + (u * 5) % 11)] for u in range(16)]

@@ -125,8 +125,7 @@ class TextIDModel:
         cfg = self.config
         ids0, report = self._initial_ids()
         self.report["initial_ids"] = report
-        log_fn(f"initial IDs ({cfg.initial_ids.kind}): {report['items']} items, {report.get('fallbacks', 0)} fallbacks, "
-               f"{report['suffixed']} suffixed; e.g. {ids0[:3]}")
+        log_initial_ids(cfg, report, ids0, log_fn)
         model, tok = load_backbone(cfg.backbone, [t.lower() for t in self.catalog.texts], cfg, extra_texts=ids0)
         from recfm.models import build_seq2seq
 
@@ -178,9 +177,7 @@ class TextIDModel:
         if len(instances) == 0:
             raise ValueError("no training sequence has two or more items")
         rng = np.random.default_rng(cfg.seed)
-        valid = split.valid
-        if cfg.valid_sample and cfg.valid_sample < len(valid):
-            valid = valid.subset(np.sort(rng.choice(len(valid), cfg.valid_sample, replace=False)))
+        valid = selection_cases(split.valid, cfg.valid_sample, rng)
         rec_model = self.rec.model
         optimizer = torch.optim.AdamW([p for p in rec_model.parameters() if p.requires_grad], lr=cfg.rec_lr)
         log_fn(f"textid: {len(instances)} training instances, {len(valid)} validation cases for selection, "
@@ -310,8 +307,7 @@ class TextIDModel:
         cfg = self.config
         ids0, report = self._initial_ids()
         self.report["initial_ids"] = report
-        log_fn(f"initial IDs ({cfg.initial_ids.kind}): {report['items']} items, {report.get('fallbacks', 0)} fallbacks, "
-               f"{report['suffixed']} suffixed; e.g. {ids0[:3]}")
+        log_initial_ids(cfg, report, ids0, log_fn)
         vocab = WordVocab.of_ids(ids0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -322,9 +318,7 @@ class TextIDModel:
         if len(windows) == 0:
             raise ValueError("no training sequence has two or more items")
         rng = np.random.default_rng(cfg.seed)
-        valid = split.valid
-        if cfg.valid_sample and cfg.valid_sample < len(valid):
-            valid = valid.subset(np.sort(rng.choice(len(valid), cfg.valid_sample, replace=False)))
+        valid = selection_cases(split.valid, cfg.valid_sample, rng)
         optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.rec_lr)
         log_fn(f"textid (items): {len(windows)} training windows, {len(vocab)} ID words, "
                f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f}M parameters, {cfg.loss} loss, "
@@ -498,6 +492,18 @@ class TextIDModel:
         other.rec = rec
         other.report = {"zero_shot_assign": stats.as_dict()}
         return other
+
+
+def selection_cases(valid, sample: int, rng: np.random.Generator):
+    """The validation cases epochs are selected on: all, or a seeded sample of ``sample``."""
+    if sample and sample < len(valid):
+        return valid.subset(np.sort(rng.choice(len(valid), sample, replace=False)))
+    return valid
+
+
+def log_initial_ids(cfg: TextIDConfig, report: dict, ids: list[str], log_fn: Callable[[str], None]) -> None:
+    log_fn(f"initial IDs ({cfg.initial_ids.kind}): {report['items']} items, {report.get('fallbacks', 0)} fallbacks, "
+           f"{report['suffixed']} suffixed; e.g. {ids[:3]}")
 
 
 def _sharded_backward(rec: TextIDRecommender, rows: np.ndarray, batch_of: Callable) -> float:

@@ -22,14 +22,6 @@ ITEMS = dict(formulation="items", strategy="rec_only", rec_epochs=3, batch_size=
              items={"hidden_size": 16, "num_layers": 1, "num_heads": 2, "decoder_size": 16})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture()
 def shop(tmp_path, monkeypatch):
     monkeypatch.setenv("RECFM_CACHE_DIR", str(tmp_path / "cache"))
