@@ -164,8 +164,13 @@ class TextIDRecommender:
 
     def label_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """How many target tokens ``loss`` averages over (a decoder-only model predicts each from the
-        position before it, so its first label position has no prediction)."""
+        position before it, so its first label position has no prediction; the trie loss counts only
+        positions where the trie allows more than one token)."""
         labels = batch["labels"] if self.is_seq2seq else batch["labels"][:, 1:]
+        if self.loss_kind == "trie":  # the trie loss averages over the positions with a choice only
+            from recfm.textid.trie_loss import free_label_count
+
+            return free_label_count(labels, self.items.trie)
         return int(labels.ne(-100).sum())
 
     def loss(self, batch: dict[str, torch.Tensor], soft_ids: Callable | None = None) -> torch.Tensor:

@@ -524,7 +524,7 @@ def _sharded_backward(rec: TextIDRecommender, rows: np.ndarray, batch_of: Callab
         loss = rec.loss(batch, soft_ids=soft)
     [tokens] = distributed.all_sum(local_tokens)
     if len(mine):
-        (loss * (local_tokens / tokens)).backward()
+        (loss * (local_tokens / max(tokens, 1))).backward()
         local_sum = float(loss.detach()) * local_tokens
     [loss_sum] = distributed.all_sum(local_sum)
     return loss_sum / max(tokens, 1)

@@ -82,15 +82,10 @@ def free_positions(trie: TokenTrie, states: torch.Tensor, valid: torch.Tensor) -
     return valid & (degree > 1)
 
 
-def trie_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, trie: TokenTrie,
-                       reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of ID labels under the trie from full-vocabulary ``logits``.
-
-    ``logits`` ``[N, T, V]`` predict ``labels`` ``[N, T]`` position by position (for a causal LM,
-    pass ``logits[:, :-1]`` and ``labels[:, 1:]``); each row's ID tokens are one contiguous run of
-    labels, the rest :data:`IGNORE`. ``reduction``: ``mean`` over the positions with a choice,
-    ``sum``, or ``none`` (``[N]``: minus the log of each row's constrained ID probability)."""
-    n, t, v = logits.shape
+def _label_runs(labels: torch.Tensor, trie: TokenTrie):
+    """Each row's run of ID labels, compacted: (column in ``labels``, token, trie state before it, has a
+    choice), all ``[N, L]``."""
+    n, t = labels.shape
     valid = labels != IGNORE
     count = valid.sum(1)
     first = torch.where(count > 0, valid.int().argmax(1), torch.zeros_like(count))
@@ -101,6 +96,25 @@ def trie_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, trie: TokenTr
     ids = torch.where(inside, labels.gather(1, col), torch.zeros_like(col))
     states = prefix_states(trie, ids.to(trie.device)).to(labels.device)
     free = free_positions(trie, states.to(trie.device), inside.to(trie.device)).to(labels.device)
+    return col, ids, states, free
+
+
+def free_label_count(labels: torch.Tensor, trie: TokenTrie) -> int:
+    """How many label positions :func:`trie_cross_entropy` averages over (those with a choice)."""
+    return int(_label_runs(labels, trie)[3].sum())
+
+
+def trie_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, trie: TokenTrie,
+                       reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of ID labels under the trie from full-vocabulary ``logits``.
+
+    ``logits`` ``[N, T, V]`` predict ``labels`` ``[N, T]`` position by position (for a causal LM,
+    pass ``logits[:, :-1]`` and ``labels[:, 1:]``); each row's ID tokens are one contiguous run of
+    labels, the rest :data:`IGNORE`. ``reduction``: ``mean`` over the positions with a choice,
+    ``sum``, or ``none`` (``[N]``: minus the log of each row's constrained ID probability)."""
+    n, _, v = logits.shape
+    col, ids, states, free = _label_runs(labels, trie)
+    width = col.shape[1]
     picked = logits.gather(1, col[..., None].expand(n, width, v))[free]  # [F, V]
     masked = trie.mask_scores(picked.float(), states[free])
     token_lp = torch.log_softmax(masked, dim=-1).gather(1, ids[free][:, None]).squeeze(1)
