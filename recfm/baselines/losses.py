@@ -4,8 +4,11 @@ Every loss takes the hidden states at the target positions ``hidden`` (n, d), th
 ``items`` (n_items, d; row j is item j + 1) and 0-based ``labels`` (n,), and returns the mean loss.
 
 - ``ce``: cross-entropy over all items (the trainer's fused, chunked implementation).
-- ``sampled_softmax``: cross-entropy over the positive and ``num_negatives`` items drawn once per
-  batch and shared by every target (one (n, 1 + N) matmul). Drawn uniformly, or by training
+- ``sampled_softmax``: cross-entropy over the positive and ``num_negatives`` items, drawn once per
+  batch and shared by every target (one (n, 1 + N) matmul), or drawn once per training sequence
+  and shared by that sequence's targets (one batched matmul; ``rows`` says which sequence each
+  target belongs to). Per-sequence negatives push ``batch x N`` item embeddings away per step
+  instead of ``N``, which is what the published sampled-softmax SASRec does. Drawn uniformly, or by training
   popularity with the logQ correction (each logit minus log q(item), Yi et al. 2019), so the
   estimate aims at the full softmax rather than at a popularity-biased one. A negative that is
   the target itself is masked out of that target's row.
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 
 LossName = Literal["ce", "sampled_softmax", "gbce"]
 Sampling = Literal["uniform", "popularity"]
+NegativesPer = Literal["batch", "sequence"]
 
 
 def batch_generator(seed: int, epoch: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -36,28 +40,48 @@ def batch_generator(seed: int, epoch: int, step: int, device: torch.device | str
     return gen
 
 
-def draw_negatives(n_items: int, num: int, generator: torch.Generator, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """``num`` 0-based item indices, with replacement: uniform, or proportional to ``weights``."""
+def draw_negatives(n_items: int, num: int, generator: torch.Generator, weights: torch.Tensor | None = None,
+                   rows: int | None = None) -> torch.Tensor:
+    """``num`` 0-based item indices, with replacement: uniform, or proportional to ``weights``;
+    (num,) shared by the batch, or (rows, num) when each of ``rows`` sequences gets its own."""
+    shape = (num,) if rows is None else (rows, num)
     if weights is None:
-        return torch.randint(0, n_items, (num,), generator=generator)
-    return torch.multinomial(weights, num, replacement=True, generator=generator)
+        return torch.randint(0, n_items, shape, generator=generator)
+    flat = torch.multinomial(weights, num * (rows or 1), replacement=True, generator=generator)
+    return flat.view(shape)
 
 
-def _shared_logits(hidden, items, labels, negatives):
+def _negative_logits(hidden: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor,
+                     rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, N) logits of each target's negatives and their (n or 1, N) item indices."""
+    if negatives.dim() == 1:
+        return hidden @ items[negatives].T, negatives.unsqueeze(0)  # one matmul for the whole batch
+    # per sequence: lay the targets out as (sequences, longest, d) again for one batched matmul
+    counts = torch.bincount(rows, minlength=negatives.shape[0])
+    starts = torch.cumsum(counts, 0) - counts
+    column = torch.arange(len(rows), device=rows.device) - starts[rows]
+    padded = hidden.new_zeros(negatives.shape[0], int(counts.max()), hidden.shape[1])
+    padded = padded.index_put((rows, column), hidden)
+    logits = torch.bmm(padded, items[negatives].transpose(1, 2))[rows, column]
+    return logits, negatives[rows]
+
+
+def _logits(hidden, items, labels, negatives, rows):
     pos = (hidden * items[labels]).sum(-1, keepdim=True)  # (n, 1)
-    neg = hidden @ items[negatives].T  # (n, N): one matmul for the whole batch
-    accidental = negatives.unsqueeze(0) == labels.unsqueeze(1)
-    return pos, neg, accidental
+    neg, ids = _negative_logits(hidden, items, negatives, rows)
+    return pos, neg, ids, ids == labels.unsqueeze(1)
 
 
 def sampled_softmax_loss(hidden: torch.Tensor, items: torch.Tensor, labels: torch.Tensor, negatives: torch.Tensor,
-                         log_q: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy over [positive, shared negatives]; ``log_q`` (n_items,) = log of the
-    sampling probability of each item, subtracted from every logit (None: uniform, no correction)."""
-    pos, neg, accidental = _shared_logits(hidden, items, labels, negatives)
+                         log_q: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over [positive, negatives]; ``negatives`` (N,) shared by all targets, or
+    (R, N) per sequence with ``rows`` (n,) each target's sequence, targets of a sequence contiguous;
+    ``log_q`` (n_items,) = log of the sampling probability of each item, subtracted from every logit
+    (None: uniform, no correction)."""
+    pos, neg, ids, accidental = _logits(hidden, items, labels, negatives, rows)
     if log_q is not None:
         pos = pos - log_q[labels].unsqueeze(1)
-        neg = neg - log_q[negatives].unsqueeze(0)
+        neg = neg - log_q[ids]
     neg = neg.masked_fill(accidental, float("-inf"))
     logits = torch.cat([pos, neg], dim=1)
     return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
@@ -69,9 +93,10 @@ def gbce_beta(num_negatives: int, n_items: int, t: float) -> float:
 
 
 def gbce_loss(hidden: torch.Tensor, items: torch.Tensor, labels: torch.Tensor, negatives: torch.Tensor,
-              beta: float) -> torch.Tensor:
-    """Mean gBCE over the targets: ``-beta * log sigmoid(s+) - sum over negatives of log sigmoid(-s-)``."""
-    pos, neg, accidental = _shared_logits(hidden, items, labels, negatives)
+              beta: float, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean gBCE over the targets: ``-beta * log sigmoid(s+) - sum over negatives of log sigmoid(-s-)``
+    (negatives and rows as in ``sampled_softmax_loss``)."""
+    pos, neg, _, accidental = _logits(hidden, items, labels, negatives, rows)
     positive = beta * F.logsigmoid(pos.squeeze(1))
     negative = F.logsigmoid(-neg).masked_fill(accidental, 0.0).sum(1)
     return -(positive + negative).mean()

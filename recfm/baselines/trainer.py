@@ -37,8 +37,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from recfm.baselines.losses import (LossName, Sampling, batch_generator, draw_negatives, gbce_beta, gbce_loss,
-                                    sampled_softmax_loss)
+from recfm.baselines.losses import (LossName, NegativesPer, Sampling, batch_generator, draw_negatives, gbce_beta,
+                                    gbce_loss, sampled_softmax_loss)
 from recfm.checkpoint import (Checkpoint, check_same_config, load_latest, load_optimizer_state, load_rng_state,
                               optimizer_state, rng_state, save_checkpoint)
 from recfm import distributed
@@ -82,7 +82,12 @@ class SequentialTrainConfig(BaseModel):
     loss: LossName = Field("ce", description="ce: full-softmax cross-entropy over all items; sampled_softmax: softmax "
                                              "over the positive and num_negatives shared negatives; gbce: gSASRec's "
                                              "generalised binary cross-entropy over the same negatives")
-    num_negatives: int = Field(256, ge=1, description="negatives drawn per step, shared by the batch (sampled_softmax, gbce)")
+    num_negatives: int = Field(256, ge=1, description="negatives drawn per step (sampled_softmax, gbce), for the batch or "
+                                                      "for each sequence (negatives_per)")
+    negatives_per: NegativesPer = Field(
+        "batch", description="batch: one set of negatives shared by every target of a step (one matmul); sequence: "
+                             "each training sequence draws its own, shared by its targets (batch x num_negatives "
+                             "items pushed away per step, as the published sampled-softmax SASRec)")
     negative_sampling: Sampling = Field(
         "uniform", description="uniform, or popularity: by training-split counts, with the logQ correction (sampled_softmax)")
     gbce_t: float = Field(0.75, ge=0, le=1, description="gBCE calibration t: 0 = plain BCE, 1 = fully sampling-corrected")
@@ -164,12 +169,13 @@ class NextItemLoss(nn.Module):
         mask = labels > 0
         n = int(mask.sum())
         items, targets = self.net.item_embeddings()[1:], labels[mask] - 1
+        rows = mask.nonzero()[:, 0] if negatives is not None and negatives.dim() == 2 else None
         if self.loss == "ce":
             mean = full_softmax_cross_entropy(hidden[mask], items, targets)
         elif self.loss == "sampled_softmax":
-            mean = sampled_softmax_loss(hidden[mask], items, targets, negatives, self.log_q)
+            mean = sampled_softmax_loss(hidden[mask], items, targets, negatives, self.log_q, rows)
         else:
-            mean = gbce_loss(hidden[mask], items, targets, negatives, self.beta)
+            mean = gbce_loss(hidden[mask], items, targets, negatives, self.beta, rows)
         return mean * (n * world / global_targets), mean.item() * n
 
 
@@ -288,12 +294,17 @@ class SequentialRecommender(ScoringRecommender):
         beta = gbce_beta(cfg.num_negatives, self.n_items, cfg.gbce_t) if cfg.loss == "gbce" else 1.0
         return NextItemLoss(self.net, cfg.loss, log_q, beta)
 
-    def _negatives(self, weights: torch.Tensor | None, epoch: int, step: int) -> torch.Tensor | None:
-        """The step's shared negatives: the same on every process and after a resume."""
-        if self.config.loss == "ce":
+    def _negatives(self, weights: torch.Tensor | None, epoch: int, step: int, global_rows: int,
+                   mine: slice) -> torch.Tensor | None:
+        """The step's negatives, (N,) or this process's (rows, N): the same on every process and after
+        a resume (drawn for the whole global batch, then sliced like the batch)."""
+        cfg = self.config
+        if cfg.loss == "ce":
             return None
-        gen = batch_generator(self.config.seed, epoch, step)
-        return draw_negatives(self.n_items, self.config.num_negatives, gen, weights).to(self.device)
+        gen = batch_generator(cfg.seed, epoch, step)
+        rows = global_rows if cfg.negatives_per == "sequence" else None
+        drawn = draw_negatives(self.n_items, cfg.num_negatives, gen, weights, rows)
+        return (drawn if rows is None else drawn[mine]).to(self.device)
 
     def _fit(self, split: LeaveOneOut, protocol: Protocol, log: Callable[[str], None], checkpoints: Path | None,
              resume: bool, curves: TrainingHistory, on_validation: Callable[[int, dict], None] | None = None) -> dict:
@@ -411,7 +422,8 @@ class SequentialRecommender(ScoringRecommender):
             mine = idx[me::world]  # every process drew the same batch: it trains on its slice
             width = int(lengths[mine].max()) if len(mine) else 1
             batch = torch.from_numpy(windows[mine, :width]).to(self.device)
-            loss, loss_sum = step_module(batch, global_targets, world, self._negatives(weights, fs.epoch, fs.step))
+            negatives = self._negatives(weights, fs.epoch, fs.step, len(idx), slice(me, None, world))
+            loss, loss_sum = step_module(batch, global_targets, world, negatives)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()

@@ -69,6 +69,43 @@ def test_gradients_are_finite_even_when_every_negative_is_the_target(loss):
     assert torch.isfinite(value) and torch.isfinite(hidden.grad).all() and torch.isfinite(items.grad).all()
 
 
+@pytest.mark.parametrize("loss", ["sampled_softmax", "gbce"])
+def test_per_sequence_negatives_equal_each_target_scored_against_its_sequences_own(loss):
+    torch.manual_seed(3)
+    n_items, d = 25, 6
+    items = torch.randn(n_items, d, dtype=torch.float64, requires_grad=True)
+    rows = torch.tensor([0, 0, 0, 2, 2, 3])  # sequence 1 has no target (all padding)
+    hidden = torch.randn(len(rows), d, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, n_items, (len(rows),))
+    negatives = torch.randint(0, n_items, (4, 7))
+    negatives[2, 3] = labels[3]  # an accidental hit is masked only in its own sequence's row
+    log_q = torch.log(torch.rand(n_items, dtype=torch.float64) + 0.1)
+
+    def one(i):
+        shared = negatives[rows[i]]
+        if loss == "sampled_softmax":
+            return sampled_softmax_loss(hidden[i:i + 1], items, labels[i:i + 1], shared, log_q)
+        return gbce_loss(hidden[i:i + 1], items, labels[i:i + 1], shared, beta=0.3)
+
+    slow = torch.stack([one(i) for i in range(len(rows))]).mean()
+    fast = (sampled_softmax_loss(hidden, items, labels, negatives, log_q, rows) if loss == "sampled_softmax"
+            else gbce_loss(hidden, items, labels, negatives, beta=0.3, rows=rows))
+    assert fast.item() == pytest.approx(slow.item(), abs=1e-12)
+    slow_grads = torch.autograd.grad(slow, (hidden, items))
+    fast_grads = torch.autograd.grad(fast, (hidden, items))
+    for a, b in zip(fast_grads, slow_grads):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_per_sequence_negatives_are_drawn_per_row_and_reproducibly():
+    a = draw_negatives(1000, 16, batch_generator(0, 1, 2), rows=5)
+    assert a.shape == (5, 16) and torch.equal(a, draw_negatives(1000, 16, batch_generator(0, 1, 2), rows=5))
+    assert len({tuple(r) for r in a.tolist()}) == 5
+    weights = torch.zeros(1000)
+    weights[7] = 1.0
+    assert set(draw_negatives(1000, 16, batch_generator(0, 1, 2), weights, rows=3).flatten().tolist()) == {7}
+
+
 def test_negatives_are_reproducible_per_step_and_follow_popularity():
     a = draw_negatives(100, 50, batch_generator(3, 2, 7))
     assert torch.equal(a, draw_negatives(100, 50, batch_generator(3, 2, 7)))
@@ -89,7 +126,8 @@ from recfm.evaluation.protocol import Protocol, evaluate  # noqa: E402
 
 
 @pytest.mark.parametrize("loss, extra", [("sampled_softmax", {}), ("sampled_softmax", {"negative_sampling": "popularity"}),
-                                         ("gbce", {"gbce_t": 0.75})], ids=["ssm-uniform", "ssm-pop", "gbce"])
+                                         ("sampled_softmax", {"negatives_per": "sequence"}),
+                                         ("gbce", {"gbce_t": 0.75})], ids=["ssm-uniform", "ssm-pop", "ssm-per-sequence", "gbce"])
 @pytest.mark.parametrize("i", range(len(MODELS_UNDER_TEST)), ids=["sasrec", "gru4rec"])
 def test_every_loss_learns_the_successor_pattern_from_train_only(loss, extra, i):
     split = successor_split()
