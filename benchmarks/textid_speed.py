@@ -53,7 +53,7 @@ def decoding(args) -> list[str]:
     from recfm.textid.training import TextIDModel
 
     data = load_dataset(args.dataset)
-    cfg = TextIDConfig(backbone="t5-tiny", t5={"d_model": 128, "d_ff": 512, "d_kv": 32, "dropout_rate": 0.0},
+    cfg = TextIDConfig(backbone="t5-tiny-scratch", t5={"d_model": 128, "d_ff": 512, "d_kv": 32, "dropout_rate": 0.0},
                        vocab_size=4000, initial_ids={"kind": "table", "path": "dataset:item_initial_ids.txt"},
                        prompt_ids="item", max_history=10, num_beams=args.beams, warm_start_epochs=0)
     from recfm.data.registry import resolve

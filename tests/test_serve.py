@@ -33,7 +33,7 @@ def runs(tmp_path_factory):
                                                                  "show_progress=false", "batch_size=8"])
     train_run("pop", str(folder), root / "pop", overrides=common)
     train_run("textid", str(folder), root / "textid", overrides=[
-        *common, "backbone=t5-tiny", "vocab_size=200", "t5={dropout_rate: 0.0}", "rec_epochs=1", "warm_start_epochs=1",
+        *common, "backbone=t5-tiny-scratch", "vocab_size=200", "t5={dropout_rate: 0.0}", "rec_epochs=1", "warm_start_epochs=1",
         "batch_size=16", "num_beams=4", "num_threads=1", "initial_ids={kind: extractive}", "strategy=rec_only",
         "rounds=1"])
     train_run("textid", str(folder), root / "textid-items", overrides=[

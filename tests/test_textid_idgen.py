@@ -23,6 +23,7 @@ from recfm.textid.diverse_beam import (  # noqa: E402
     diverse_beam_search,
     diverse_beam_search_tokens,
     encode_sources,
+    word_start_tokens,
 )
 from recfm.textid.generator import IDGenerator  # noqa: E402
 from recfm.textid.ids import extractive_ids, make_unique, normalize_id, with_suffix  # noqa: E402
@@ -222,6 +223,25 @@ def test_diverse_beam_search_batching_and_lengths(tok, t5):
     assert all(len(h.tokens) == 7 for per in hyps for h in per)  # min == max: exact length
     with pytest.raises(ValueError):
         diverse_beam_search(t5, tok, ITEMS, min_new_tokens=5, max_new_tokens=4)
+
+
+def test_no_repeat_words_forbids_a_collapsed_generator_to_repeat_a_word(tok, t5):
+    """A generator that wants one word at every step ("1996 1996 1996", seen after alternate
+    training) must produce that word at most once per candidate when repeats are forbidden."""
+    word = next(i for i in range(len(tok)) if tok.convert_ids_to_tokens(i) == "\u2581cream")
+    hook = t5.get_output_embeddings().register_forward_hook(lambda m, i, out: out.index_add(
+        -1, torch.tensor([word]), torch.full((*out.shape[:-1], 1), 30.0)))
+    try:
+        free = diverse_beam_search_tokens(t5, tok, ITEMS[:3], 3, 1, 0.5, 3, 5)
+        banned = diverse_beam_search_tokens(t5, tok, ITEMS[:3], 3, 1, 0.5, 3, 5, no_repeat_words=True)
+    finally:
+        hook.remove()
+    assert any(h.tokens.count(word) > 1 for per in free for h in per)  # the collapse, reproduced
+    assert all(h.tokens.count(word) <= 1 for per in banned for h in per)
+    assert all(3 <= len(h.tokens) <= 5 for per in banned for h in per)
+    starts = word_start_tokens(tok)
+    assert all(len([t for t in h.tokens if starts[t]]) == len({t for t in h.tokens if starts[t]})
+               for per in banned for h in per)
 
 
 def test_higher_penalty_gives_more_distinct_candidates(tok, t5):

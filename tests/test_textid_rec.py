@@ -50,7 +50,7 @@ def shop(tmp_path, monkeypatch):
     return write_shop(tmp_path / "tiny-shop")
 
 
-TINY = dict(backbone="t5-tiny", vocab_size=200, t5={"dropout_rate": 0.0}, rounds=1, rec_epochs=1, warm_start_epochs=1,
+TINY = dict(backbone="t5-tiny-scratch", vocab_size=200, t5={"dropout_rate": 0.0}, rounds=1, rec_epochs=1, warm_start_epochs=1,
             batch_size=16, num_beams=5, num_threads=1, initial_ids={"kind": "extractive"},
             unique={"length_ranges": [[1, 4], [4, 6]], "penalty_step": 0.5})
 
@@ -170,6 +170,69 @@ def test_generator_step_trains_the_generator_only(shop):
     assert all(p.requires_grad for p in m.rec.model.parameters())
 
 
+@pytest.mark.parametrize("order, expected", [
+    ("generator_first", ["generator", "assign", "recommender", "generator", "assign", "recommender"]),
+    ("recommender_first", ["recommender", "generator", "assign", "recommender"]),
+])
+def test_alternate_order_is_a_setting_whose_default_is_the_papers(shop, tmp_path, monkeypatch, order, expected):
+    assert TextIDConfig().alternate_order == "generator_first"
+    data = load_dataset(shop, use_cache=False)
+    m = tiny_model(data, strategy="alternate", rounds=2, prompt_ids="item", alternate_order=order)
+    steps: list[str] = []
+    for name, step in (("generator", "_train_generator"), ("assign", "_regenerate_ids"),
+                       ("recommender", "_train_recommender")):
+        real = getattr(m, step)
+        monkeypatch.setattr(m, step, lambda *a, _real=real, _name=name, **k: (steps.append(_name), _real(*a, **k))[1])
+    m.fit(data.split(), log=lambda s: None)
+    assert steps == expected
+    m.save(tmp_path / "run")
+    initial = (tmp_path / "run" / "item_ids.initial.tsv").read_text().splitlines()
+    assert [line.split("\t")[1] for line in initial] == m.initial_ids and len(initial) == data.n_items
+
+
+def test_a_pretrained_seq2seq_checkpoint_is_the_generator_and_lends_its_tokenizer(shop, tmp_path):
+    """The paper's generator is a pretrained tag-generation T5-small: any seq2seq folder (or hub
+    name, online) loads as the generator, and a scratch backbone is built on its tokenizer."""
+    from recfm.models import build_seq2seq, train_tokenizer
+
+    data = load_dataset(shop, use_cache=False)
+    tok = train_tokenizer([t.lower() for t in data.item_text] + ["recommend next"], vocab_size=180, lowercase=True)
+    checkpoint = tmp_path / "tag-generator"
+    pretrained = build_seq2seq("tiny", tok, seed=123)
+    pretrained.save_pretrained(checkpoint)
+    tok.save_pretrained(checkpoint)
+    m = tiny_model(data, generator=str(checkpoint), prompt_ids="item", warm_start_epochs=0, strategy="rec_only")
+    m._build(lambda s: None)
+    assert m.rec.tokenizer.get_vocab() == m.generator.tokenizer.get_vocab() == tok.get_vocab()
+    loaded = m.generator.model.state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in pretrained.state_dict().items())  # loaded, not re-initialised
+    m.fit(data.split(), log=lambda s: None)
+    assert (m.recommend([np.array([1, 2, 3])], 3).items > 0).sum() == 3
+
+
+@pytest.mark.parametrize("field, name", [("backbone", "t5-tiny"), ("backbone", "t5-mini"), ("generator", "tiny")])
+def test_names_of_models_built_from_a_config_say_scratch(shop, field, name):
+    data = load_dataset(shop, use_cache=False)
+    with pytest.raises(ValueError, match=f"now called 't5-.*-scratch'.*'t5-small' means the pretrained"):
+        tiny_model(data, **{field: name})._build(lambda s: None)
+
+
+def test_the_id_loss_regulariser_keeps_the_generator_near_the_current_ids(shop):
+    data = load_dataset(shop, use_cache=False)
+    split = data.split()
+    instances = training_instances(split.train)
+    drift = {}
+    for weight in (0.0, 5.0):
+        m = tiny_model(data, prompt_ids="item", gen_lr=3e-2, gen_epochs=2, gen_id_loss_weight=weight)
+        m._build(lambda s: None)
+        ids = m.rec.items.texts[1:]
+        before = m.generator.loss(m.catalog.texts, ids)
+        torch.manual_seed(0)
+        m._train_generator(instances, split.train, np.random.default_rng(0), lambda s: None)
+        drift[weight] = m.generator.loss(m.catalog.texts, ids) - before
+    assert drift[5.0] < drift[0.0]
+
+
 def test_generator_and_recommender_must_share_a_tokenizer(shop):
     from recfm.models import build_seq2seq, train_tokenizer
     from recfm.textid.generator import IDGenerator
@@ -251,17 +314,19 @@ def invoke(*args):
 
 def test_train_recommend_evaluate_and_zero_shot_through_the_cli(shop, tmp_path):
     run = tmp_path / "run"
-    overrides = ["backbone=t5-tiny", "vocab_size=200", "t5={dropout_rate: 0.0}", "rec_epochs=2", "rec_lr=0.01",
+    overrides = ["backbone=t5-tiny-scratch", "vocab_size=200", "t5={dropout_rate: 0.0}", "rec_epochs=2", "rec_lr=0.01",
                  "warm_start_epochs=2", "batch_size=16", "num_beams=20", "num_threads=1", "prompt_ids=item",
                  "initial_ids={kind: table, path: 'dataset:item_initial_ids.txt'}", "strategy=rec_only", "rounds=1"]
     r = invoke("train", "textid", "--dataset", shop, "--output", run, *overrides)
     assert r.exit_code == 0, r.output
     for part in ("recommender/config.json", "recommender/tokenizer.json", "id_generator/config.json",
-                 "id_generator/tokenizer.json", "item_ids.tsv", "metrics.json", "config.yaml", "textid.json"):
+                 "id_generator/tokenizer.json", "item_ids.tsv", "item_ids.initial.tsv", "metrics.json", "config.yaml",
+                 "textid.json"):
         assert (run / part).is_file(), part
     lines = (run / "item_ids.tsv").read_text().splitlines()
     table = dict(line.split("\t") for line in lines)
     assert len(lines) == len(table) == 12 and table["i0"] == "red widget 0" and table["i11"] == "cool cream 11"
+    assert (run / "item_ids.initial.tsv").read_text() == (run / "item_ids.tsv").read_text()  # rec_only: unchanged
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"valid", "test", "protocol", "training", "train_seconds"} <= set(metrics)
     assert {"hr@10", "ndcg@10", "mrr"} <= set(metrics["test"])

@@ -30,23 +30,38 @@ class TextIDConfig(BaseModel):
         "trie", description="trie: softmax of each ID token over the tokens the prefix trie allows there, no loss on "
         "forced tokens (what constrained decoding compares); full: softmax over the whole vocabulary (the paper)")
     items: ItemLevelConfig = Field(default_factory=ItemLevelConfig, description="sizes of formulation: items")
-    backbone: str = Field("t5-small", description="t5-tiny|t5-mini|t5-small (from config), a seq2seq or causal "
-                          "LM path / hub name, or an offline alias such as smollm2-135m-instruct")
-    t5: dict[str, Any] = Field(default_factory=dict, description="T5Config overrides for t5-* backbones")
-    generator: str = Field("tiny", description="size of the T5 ID generator (tiny|mini|small), built on the shared tokenizer")
+    backbone: str = Field("t5-small", description="t5-tiny-scratch|t5-mini-scratch|t5-small-scratch (a T5 built from "
+                          "a config, random init), or a pretrained seq2seq or causal LM: path, hub name (t5-small = "
+                          "the pretrained hub checkpoint, as in the paper) or offline alias (smollm2-135m-instruct)")
+    t5: dict[str, Any] = Field(default_factory=dict, description="T5Config overrides for t5-*-scratch backbones")
+    generator: str = Field("t5-tiny-scratch", description="the ID generator: t5-tiny-scratch|t5-mini-scratch|"
+                           "t5-small-scratch built on the recommender's tokenizer, or a pretrained seq2seq folder / "
+                           "hub name whose tokenizer the recommender then shares (the paper: "
+                           "nandakishormpai/t5-small-machine-articles-tag-generation)")
     generator_dropout: float | None = Field(None, ge=0, lt=1, description="the generator's dropout (None = its size's default)")
-    vocab_size: int = Field(8000, ge=64, description="catalog tokenizer size (t5-* backbones)")
+    vocab_size: int = Field(8000, ge=64, description="catalog tokenizer size (t5-*-scratch backbones without a "
+                            "pretrained generator)")
     lora_r: int = Field(0, ge=0, description=">0: train LoRA adapters of this rank (peft) instead of all weights")
     lora_alpha: int = Field(32, ge=1)
     initial_ids: InitialIds = Field(default_factory=InitialIds)
     unique: UniqueIdConfig = Field(default_factory=UniqueIdConfig)
     prompt_ids: Literal["item", "user", "both"] = "both"
-    strategy: Literal["rec_only", "id_only", "alternate"] = "alternate"
-    rounds: int = Field(3, ge=1)
-    rec_epochs: int = Field(10, ge=0)
-    gen_epochs: int = Field(1, ge=0)
-    rec_lr: float = Field(1e-3, gt=0)
-    gen_lr: float = Field(1e-8, gt=0)
+    strategy: Literal["rec_only", "id_only", "alternate"] = Field(
+        "alternate", description="alternate: recommender and ID generator take turns (the paper); rec_only: the "
+        "recommender on the initial IDs; id_only: only the generator, through the recommender as built")
+    alternate_order: Literal["generator_first", "recommender_first"] = Field(
+        "generator_first", description="generator_first: each round trains the generator, regenerates the IDs, then "
+        "trains the recommender (the paper's order); recommender_first: recommender, then generator (none in the "
+        "last round)")
+    rounds: int = Field(3, ge=1, description="alternate rounds (the paper: 3)")
+    rec_epochs: int = Field(10, ge=0, description="recommender epochs per round (the paper: 10)")
+    gen_epochs: int = Field(1, ge=0, description="generator epochs per round (the paper: 1)")
+    rec_lr: float = Field(1e-3, gt=0, description="recommender AdamW learning rate (the paper: 1e-3)")
+    gen_lr: float = Field(1e-8, gt=0, description="generator AdamW learning rate (the paper: 1e-8)")
+    gen_id_loss_weight: float = Field(
+        1.0, ge=0, description="weight of the generator's text -> current ID loss added to each alternate-training "
+        "generator step, a regulariser that keeps regenerated IDs readable and item-specific (0 = the paper: the "
+        "recommendation loss only)")
     gen_max_instances: int | None = Field(None, ge=1, description="cap on training instances per generator epoch")
     warm_start_epochs: int = Field(1, ge=0, description="generator epochs on (item text -> initial ID) first")
     warm_start_lr: float = Field(1e-3, gt=0)

@@ -80,15 +80,19 @@ def diverse_beam_search(
     length_penalty: float = 1.0,
     max_source_length: int = 256,
     normalize: bool = True,
+    no_repeat_words: bool = False,
 ) -> list[list[str]]:
     """``num_groups`` candidate IDs per text: the best hypothesis of each group, in group order,
     decoded (``skip_special_tokens``) and, if ``normalize``, passed through
     ``recfm.textid.ids.normalize_id`` (an empty string is an invalid candidate the caller skips).
     ``min_new_tokens``/``max_new_tokens`` bound the ID length in tokens, EOS not counted.
+    ``no_repeat_words`` forbids a hypothesis to repeat a word-initial token it already holds (no
+    "1996 1996 ...").
     """
     hyps = diverse_beam_search_tokens(
         model, tokenizer, texts, num_groups, beams_per_group, diversity_penalty, min_new_tokens,
         max_new_tokens, batch_size, length_penalty=length_penalty, max_source_length=max_source_length,
+        no_repeat_words=no_repeat_words,
     )
     clean = normalize_id if normalize else str
     flat = [list(h.tokens) for per_item in hyps for h in per_item]
@@ -114,6 +118,7 @@ def diverse_beam_search_tokens(
     *,
     length_penalty: float = 1.0,
     max_source_length: int = 256,
+    no_repeat_words: bool = False,
 ) -> list[list[Hypothesis]]:
     """The search itself: per text, ``num_groups`` ``Hypothesis`` (token ids + normalised score)."""
     G, B = int(num_groups), int(beams_per_group)
@@ -127,6 +132,7 @@ def diverse_beam_search_tokens(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
     eos = _eos_id(model, tokenizer)
+    word_starts = word_start_tokens(tokenizer) if no_repeat_words else None
     texts = list(texts)
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
     encoded = encode_sources(tokenizer, texts, max_source_length, causal=not encoder_decoder)
@@ -141,11 +147,18 @@ def diverse_beam_search_tokens(
                 model, [encoded[i] for i in chunk], G * B, _pad_id(model, tokenizer, eos)
             )
             for i, hyps in zip(chunk, _search_chunk(stepper, len(chunk), G, B, eos, float(diversity_penalty),
-                                                    int(min_new_tokens), int(max_new_tokens), float(length_penalty))):
+                                                    int(min_new_tokens), int(max_new_tokens), float(length_penalty),
+                                                    word_starts)):
                 results[i] = hyps
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def word_start_tokens(tokenizer) -> torch.Tensor:
+    """(V,) True where a token begins a word: SentencePiece's "▁" or byte-level BPE's "Ġ" prefix."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return torch.tensor([bool(p) and p[0] in "\u2581\u0120" and len(p) > 1 for p in pieces], dtype=torch.bool)
 
 
 def encode_sources(tokenizer, texts: Sequence[str], max_source_length: int, causal: bool) -> list[list[int]]:
@@ -313,7 +326,7 @@ def _merge_hyps(h_score, h_tok, h_len, new_score, new_tok, new_len, B: int):
 
 
 def _search_chunk(stepper, n: int, G: int, B: int, eos: int, penalty: float, min_new: int, max_new: int,
-                  lp: float) -> list[list[Hypothesis]]:
+                  lp: float, word_starts: torch.Tensor | None = None) -> list[list[Hypothesis]]:
     device = stepper.next_tokens.device if stepper.next_tokens is not None else stepper.mask.device
     R = G * B
     scores = torch.full((n, G, B), _INACTIVE, device=device)
@@ -337,6 +350,11 @@ def _search_chunk(stepper, n: int, G: int, B: int, eos: int, penalty: float, min
             raise ValueError(f"vocabulary ({V}) smaller than 2 * beams_per_group ({2 * B})")
         if t < min_new:
             logp[:, eos] = -math.inf
+        if word_starts is not None and t > 0:  # a word this beam already holds may not start again
+            held = seqs.view(n * R, max_new)[live_rows, :t]
+            ban = word_starts.to(held.device)[held]
+            rows = torch.arange(held.shape[0], device=held.device)[:, None].expand_as(held)
+            logp[rows[ban], held[ban]] = -math.inf
         # Only each row's best K tokens can reach a group's 2B best candidates: a row has at most
         # (G-1)*B penalised tokens, so its K - (G-1)*B >= 2B best unpenalised ones beat everything
         # outside its top K (_TIE_MARGIN more, so that equal values still break by index).

@@ -86,15 +86,17 @@ class IDGenerator:
                                    batch_size=batch_size, length_penalty=length_penalty,
                                    max_source_length=self.max_source_length)
 
-    def candidate_fn(self, num_groups: int = 5, beams_per_group: int = 1, batch_size: int = 64) -> CandidateFn:
+    def candidate_fn(self, num_groups: int = 5, beams_per_group: int = 1, batch_size: int = 64,
+                     no_repeat_words: bool = False) -> CandidateFn:
         return dbs_candidate_fn(self.model, self.tokenizer, num_groups=num_groups, beams_per_group=beams_per_group,
-                                batch_size=batch_size, max_source_length=self.max_source_length)
+                                batch_size=batch_size, max_source_length=self.max_source_length,
+                                no_repeat_words=no_repeat_words)
 
     def assign(self, texts: Sequence[str], config: UniqueIdConfig | None = None, *, sequential: bool = False,
                taken: Iterable[str] = (), progress: bool = False) -> tuple[list[str], AssignStats]:
         """Unique IDs for ``texts`` by Algorithm 1 (batched unless ``sequential``)."""
         cfg = config or UniqueIdConfig()
-        fn = self.candidate_fn(cfg.num_groups, cfg.beams_per_group, cfg.batch_size)
+        fn = self.candidate_fn(cfg.num_groups, cfg.beams_per_group, cfg.batch_size, cfg.no_repeat_words)
         if sequential:
             return assign_unique_ids_sequential(texts, fn, cfg, taken=taken)
         return assign_unique_ids(texts, fn, cfg, taken=taken, progress=progress)

@@ -26,6 +26,14 @@ from recfm.textid.prompts import Prompt, PromptBuilder
 from recfm.textid.trie import TokenTrie
 
 ITEM_IDS_FILE = "item_ids.tsv"
+INITIAL_IDS_FILE = "item_ids.initial.tsv"  # the IDs training started from (the paper's Figure 3: before/after)
+
+
+def write_id_table(path: Path, item_keys: Sequence[str], ids: Sequence[str]) -> None:
+    """The dataset's item id TAB its textual ID, one line an item."""
+    if len(item_keys) != len(ids):
+        raise ValueError(f"{len(item_keys)} item keys for {len(ids)} IDs")
+    Path(path).write_text("".join(f"{k}\t{t}\n" for k, t in zip(item_keys, ids)), encoding="utf-8")
 
 
 def id_prefix(tokenizer) -> str:
@@ -61,10 +69,7 @@ class ItemIdTable:
 
     def save(self, path: Path, item_keys: Sequence[str]) -> None:
         """``item_ids.tsv``: the dataset's item id TAB its textual ID, one line an item."""
-        if len(item_keys) != self.n_items:
-            raise ValueError(f"{len(item_keys)} item keys for {self.n_items} IDs")
-        lines = [f"{k}\t{t}" for k, t in zip(item_keys, self.texts[1:])]
-        Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_id_table(path, item_keys, self.texts[1:])
 
     @staticmethod
     def read(path: Path) -> tuple[list[str], list[str]]:

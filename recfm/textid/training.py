@@ -7,9 +7,14 @@
    current generator by batched Algorithm 1 (``recfm.textid.unique_ids.assign_unique_ids``);
 2. the recommender, generator frozen: ``rec_epochs`` of teacher forcing on every training prefix
    (one of the 10 templates sampled per instance), selected on validation;
-3. the generator, recommender frozen (not after the last round, whose IDs the recommender was
-   trained on): the expected token embedding ``softmax(generator logits) @ E_rec`` replaces the
-   history's ID tokens in the prompt and the recommendation loss trains the generator.
+3. the generator, recommender frozen: the expected token embedding ``softmax(generator logits) @
+   E_rec`` replaces the history's ID tokens in the prompt and the recommendation loss trains the
+   generator.
+
+``alternate_order`` says where step 3 sits in a round. ``generator_first`` (the paper, section 3.1:
+"we begin by training the ID generator for 1 epoch, followed by training the base recommender for
+10 epochs, for a total of 3 iterations") runs 3, then 1 with the new IDs, then 2;
+``recommender_first`` runs 2 then 3, and skips 3 in the last round (its IDs would never be trained on).
 
 ``strategy`` gives the paper's ablations: ``rec_only`` (step 2 only), ``id_only`` (step 3 only,
 the recommender stays as loaded) and ``alternate``. ``prompt_ids`` picks item IDs, user IDs or
@@ -35,14 +40,16 @@ from recfm.curves import TrainingHistory
 from recfm.data.split import LeaveOneOut
 from recfm.evaluation.protocol import Protocol, evaluate
 from recfm.data.windows import training_windows
-from recfm.textid.backbones import _is_seq2seq_folder, check_shared_vocabulary, load_backbone
+from recfm.textid.backbones import (_is_seq2seq_folder, check_shared_vocabulary, load_backbone, load_generator,
+                                    scratch_size)
 from recfm.textid.config import Catalog, TextIDConfig
 from recfm.textid.generator import IDGenerator
 from recfm.textid.ids import make_unique, normalize_id
 from recfm.textid.initial_ids import initial_ids
 from recfm.textid.item_level import ItemLevelNet, ItemLevelRecommender, WordVocab, is_item_level
 from recfm.textid.prompts import TEMPLATES, PromptBuilder
-from recfm.textid.recommender import ITEM_IDS_FILE, ItemIdTable, TextIDRecommender, pad_rows
+from recfm.textid.recommender import (INITIAL_IDS_FILE, ITEM_IDS_FILE, ItemIdTable, TextIDRecommender, pad_rows,
+                                      write_id_table)
 from recfm.textid.user_ids import UserIds
 
 log = logging.getLogger("recfm.textid")
@@ -97,6 +104,7 @@ class TextIDModel:
         self.generator: IDGenerator | None = None
         self.rec: TextIDRecommender | None = None
         self.report: dict[str, Any] = {}
+        self.initial_ids: list[str] | None = None  # what training started from, saved beside the final IDs
         self._curves = TrainingHistory(None)  # fit(run_dir=...) records there
 
     # -- the seam ---------------------------------------------------------------------------
@@ -119,6 +127,7 @@ class TextIDModel:
         ids, suffixed = make_unique([normalize_id(x) for x in ids])
         rep = report.as_dict()
         rep["suffixed"] = rep.get("suffixed", 0) + suffixed
+        self.initial_ids = ids
         return ids, rep
 
     def _build(self, log_fn: Callable[[str], None]) -> list[str]:
@@ -126,11 +135,13 @@ class TextIDModel:
         ids0, report = self._initial_ids()
         self.report["initial_ids"] = report
         log_initial_ids(cfg, report, ids0, log_fn)
-        model, tok = load_backbone(cfg.backbone, [t.lower() for t in self.catalog.texts], cfg, extra_texts=ids0)
-        from recfm.models import build_seq2seq
-
-        dropout = {} if cfg.generator_dropout is None else {"dropout_rate": cfg.generator_dropout}
-        self.generator = IDGenerator(build_seq2seq(cfg.generator, tok, seed=cfg.seed + 1, **dropout), tok)
+        texts = [t.lower() for t in self.catalog.texts]
+        if scratch_size(cfg.generator) is None:  # a pretrained generator brings the tokenizer both share
+            self.generator = load_generator(cfg.generator, None, cfg)
+            model, tok = load_backbone(cfg.backbone, texts, cfg, extra_texts=ids0, tokenizer=self.generator.tokenizer)
+        else:
+            model, tok = load_backbone(cfg.backbone, texts, cfg, extra_texts=ids0)
+            self.generator = load_generator(cfg.generator, tok, cfg)
         check_shared_vocabulary(self.generator, model, tok)
         builder = PromptBuilder(tok, with_user=cfg.prompt_ids != "item", with_items=cfg.prompt_ids != "user",
                                 max_tokens=cfg.max_prompt_tokens)
@@ -188,17 +199,29 @@ class TextIDModel:
         history: list[dict] = []
         rounds: list[dict] = []
         stopped = "completed"
+        trains_generator = cfg.strategy != "rec_only"
+        generator_first = cfg.alternate_order == "generator_first"
         for r in range(1, cfg.rounds + 1):
             round_info: dict[str, Any] = {"round": r}
-            if r > 1 and cfg.strategy != "rec_only":
+            if trains_generator and generator_first:
+                round_info["generator"] = self._train_generator(instances, split.train, rng, log_fn, r)
+            if trains_generator and (generator_first or r > 1):
                 round_info["assign"] = self._regenerate_ids(log_fn)
             if cfg.strategy != "id_only":
                 stopped = self._train_recommender(r, instances, split.train, valid, protocol, optimizer, rng, best,
                                                   history, start, budget, log_fn)
             else:
                 self._select(r, 0, valid, protocol, best, history, log_fn)
-            if cfg.strategy != "rec_only" and r < cfg.rounds and stopped != "budget":
+            # recommender first: the last round's generator epochs would produce IDs nobody trains on
+            if trains_generator and not generator_first and r < cfg.rounds and stopped != "budget":
                 round_info["generator"] = self._train_generator(instances, split.train, rng, log_fn, r)
+            if trains_generator and r > 1 and best.get("round") != r and r < cfg.rounds:
+                # the round's IDs did not beat the best state on validation: the next round starts from that
+                # state again (weights, IDs, generator) instead of building on worse IDs
+                self._restore(best)
+                round_info["rejected"] = True
+                log_fn(f"round {r}: validation did not improve on round {best.get('round')}: its IDs are rejected, "
+                       f"round {r + 1} starts from round {best.get('round')}'s state")
             rounds.append(round_info)
             if stopped == "budget":
                 break
@@ -404,6 +427,8 @@ class TextIDModel:
 
                     opt.zero_grad(set_to_none=True)
                     loss = _sharded_backward(rec, rows, batch_of)
+                    if cfg.gen_id_loss_weight:
+                        self._id_loss_backward(pool, rows, train, cfg.gen_id_loss_weight)
                     distributed.sum_gradients(list(gen.model.parameters()))
                     torch.nn.utils.clip_grad_norm_(gen.model.parameters(), 1.0)
                     opt.step()
@@ -418,12 +443,29 @@ class TextIDModel:
             gen.model.eval()
         return {"epochs": cfg.gen_epochs, "losses": losses, "seconds": round(time.perf_counter() - t0, 1)}
 
+    def _id_loss_backward(self, pool: np.ndarray, rows: np.ndarray, train, weight: float) -> None:
+        """The warm-start loss as a regulariser of a generator step: teacher-forced text -> current ID
+        on the items of this process's histories, so that the recommendation loss cannot pull the
+        generator away from readable, item-specific IDs (the "1996 1996 ..." collapse)."""
+        world = distributed.world_size()
+        hist, _ = _histories(pool, rows[distributed.rank()::world], train)
+        windows = [np.asarray(self.rec.window(h), dtype=np.int64) for h in hist]
+        items = np.unique(np.concatenate(windows)) if windows else np.zeros(0, dtype=np.int64)
+        items = items[items > 0]
+        if len(items) == 0:
+            return
+        batch = self.generator._batch([self.catalog.texts[i - 1] for i in items], [self.rec.items.texts[i] for i in items])
+        (self.generator.model(**batch).loss * (weight / world)).backward()
+
     # -- persistence ------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         """``recommender/`` and ``id_generator/`` (save_pretrained folders with the tokenizer),
-        ``item_ids.tsv`` and ``textid.json`` (initial-ID and Algorithm 1 reports)."""
+        ``item_ids.tsv`` (the final IDs), ``item_ids.initial.tsv`` (the IDs training started from)
+        and ``textid.json`` (initial-ID and Algorithm 1 reports)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if self.initial_ids is not None:
+            write_id_table(directory / INITIAL_IDS_FILE, self.catalog.item_keys, self.initial_ids)
         if isinstance(self.rec, ItemLevelRecommender):  # no language model and no generator
             self.rec.save_pretrained(directory / "recommender", self.config.items)
             self.rec.items.save(directory / ITEM_IDS_FILE, self.catalog.item_keys)

@@ -64,6 +64,8 @@ class UniqueIdConfig(BaseModel):
     )
     batch_size: int = Field(64, ge=1, description="items per batched generation chunk (real generator)")
     suffix_start: int = Field(2, ge=1, description="first number of the last-resort suffix")
+    no_repeat_words: bool = Field(True, description="forbid a candidate to repeat a word (no '1996 1996 ...'; "
+                                  "not in the paper, which never met a trained-collapsed generator)")
 
     @model_validator(mode="after")
     def _check(self) -> "UniqueIdConfig":
@@ -231,7 +233,8 @@ def assign_unique_ids_sequential(
 
 
 def dbs_candidate_fn(model, tokenizer, *, num_groups: int = 5, beams_per_group: int = 1, batch_size: int = 64,
-                     length_penalty: float = 1.0, max_source_length: int = 256) -> CandidateFn:
+                     length_penalty: float = 1.0, max_source_length: int = 256,
+                     no_repeat_words: bool = False) -> CandidateFn:
     """The real candidate function: ``diverse_beam_search`` with ``min_new_tokens=min_len``,
     ``max_new_tokens=max_len``; returns ``num_groups`` normalised candidates per text."""
 
@@ -239,6 +242,6 @@ def dbs_candidate_fn(model, tokenizer, *, num_groups: int = 5, beams_per_group: 
         return diverse_beam_search(model, tokenizer, texts, num_groups=num_groups, beams_per_group=beams_per_group,
                                    diversity_penalty=penalty, min_new_tokens=min_len, max_new_tokens=max_len,
                                    batch_size=batch_size, length_penalty=length_penalty,
-                                   max_source_length=max_source_length)
+                                   max_source_length=max_source_length, no_repeat_words=no_repeat_words)
 
     return candidates
