@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from recfm.curves import REPORT_TO_HELP, ReportTo
 from recfm.textid.initial_ids import InitialIds
 from recfm.textid.item_level import ItemLevelConfig
+from recfm.textid.sequence import SCRATCH_BACKBONE, SequenceConfig
 from recfm.textid.prompts import TEMPLATES
 from recfm.textid.unique_ids import UniqueIdConfig
 
@@ -22,14 +23,17 @@ class TextIDConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "textid"
-    formulation: Literal["prompt", "items"] = Field(
+    formulation: Literal["prompt", "items", "sequence"] = Field(
         "prompt", description="prompt: the paper's one prompt per history prefix through a language model; items: "
         "history items as positions of a causal transformer, the next ID decoded word by word, every next-item "
-        "prediction of a sequence in one pass (sizes in `items`)")
+        "prediction of a sequence in one pass (sizes in `items`); sequence: a causal LM trained on each user's whole "
+        "sequence of IDs written as text (backbone llama-scratch, sizes in `sequence`, or a pretrained causal LM)")
     loss: Literal["trie", "full"] = Field(
         "trie", description="trie: softmax of each ID token over the tokens the prefix trie allows there, no loss on "
         "forced tokens (what constrained decoding compares); full: softmax over the whole vocabulary (the paper)")
     items: ItemLevelConfig = Field(default_factory=ItemLevelConfig, description="sizes of formulation: items")
+    sequence: SequenceConfig = Field(default_factory=SequenceConfig,
+                                     description="sizes of formulation: sequence with backbone llama-scratch")
     backbone: str = Field("t5-small", description="t5-tiny-scratch|t5-mini-scratch|t5-small-scratch (a T5 built from "
                           "a config, random init), or a pretrained seq2seq or causal LM: path, hub name (t5-small = "
                           "the pretrained hub checkpoint, as in the paper) or offline alias (smollm2-135m-instruct)")
@@ -83,9 +87,14 @@ class TextIDConfig(BaseModel):
 
     @model_validator(mode="after")
     def _items_is_rec_only(self) -> "TextIDConfig":
-        if self.formulation == "items" and self.strategy != "rec_only":
-            raise ValueError(f"formulation 'items' trains the recommender on fixed IDs: strategy must be 'rec_only' "
-                             f"(got {self.strategy!r}); alternate training needs formulation 'prompt'")
+        if self.formulation != "prompt" and self.strategy != "rec_only":
+            raise ValueError(f"formulation {self.formulation!r} trains the recommender on fixed IDs: strategy must be "
+                             f"'rec_only' (got {self.strategy!r}); alternate training needs formulation 'prompt'")
+        if self.formulation == "sequence" and self.backbone.startswith("t5-"):
+            raise ValueError(f"formulation 'sequence' needs a causal LM backbone ({SCRATCH_BACKBONE!r}, a pretrained "
+                             f"causal LM or smollm2-135m-instruct), not {self.backbone!r}")
+        if self.formulation != "sequence" and self.backbone == SCRATCH_BACKBONE:
+            raise ValueError(f"backbone {SCRATCH_BACKBONE!r} is built for formulation 'sequence'")
         return self
 
 

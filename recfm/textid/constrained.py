@@ -60,10 +60,14 @@ class TrieLogitsProcessor(LogitsProcessor):
 
     ``exclude`` (:meth:`TokenTrie.exclusion_edges`) also forbids, per prompt, every edge that
     leads only to that prompt's excluded items (e.g. its history), so beams are never spent on them.
+
+    ``renormalize=True`` turns the masked log-probabilities into a log-softmax over the allowed
+    tokens (a forced token scores 0): with ``length_penalty=0`` a beam's score is then the log of its
+    item's probability under the trie, the quantity the trie-restricted loss trains.
     """
 
     def __init__(self, trie: TokenTrie, prompt_length: int, *, cache: bool = True, inplace: bool = False,
-                 exclude: ExcludedEdges | None = None):
+                 exclude: ExcludedEdges | None = None, renormalize: bool = False):
         if prompt_length < 0:
             raise ValueError("prompt_length must be >= 0")
         self.trie = trie
@@ -71,6 +75,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         self.cache = cache
         self.inplace = inplace
         self.exclude = exclude
+        self.renormalize = renormalize
         self._prev: tuple[torch.Tensor, ...] | None = None  # (sorted hashes, row order, tokens, states)
         self._powers: dict[tuple, torch.Tensor] = {}
 
@@ -126,6 +131,9 @@ class TrieLogitsProcessor(LogitsProcessor):
         out = self.trie.mask_scores(scores, nodes, inplace=self.inplace)
         if self.exclude is not None:
             self.trie.to(out.device).mask_excluded(out, nodes, self.exclude)
+        if self.renormalize:  # log-softmax over the allowed tokens: what the trie loss trains
+            lse = torch.logsumexp(out, dim=-1, keepdim=True)
+            out = out.sub_(torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse)))
         return out
 
 
@@ -181,6 +189,7 @@ def constrained_topk(
     exclude: Sequence[Collection[int]] | None = None,
     *,
     constraint: str = "trie",
+    renormalize: bool = False,
     **generate_kwargs,
 ) -> tuple[torch.LongTensor, torch.FloatTensor]:
     """Top-k distinct real items per prompt by trie-constrained beam search.
@@ -201,6 +210,8 @@ def constrained_topk(
             ``num_beams`` whatever the history length, and a prompt's answer does not depend on
             the other prompts of the batch. Unconstrained search (``"none"``) drops them after
             the search, with ``num_beams`` grown by the batch's most excluded items.
+        renormalize: with ``constraint="trie"``, score tokens by their log-softmax over the allowed
+            tokens (:class:`TrieLogitsProcessor`); for models trained with the trie loss.
         constraint: ``"trie"`` (vectorised, :class:`TrieLogitsProcessor`), ``"prefix_fn"`` (the
             slow dict-of-dicts reference through ``prefix_allowed_tokens_fn``) or ``"none"``
             (unconstrained beam search; sequences that are no item are dropped).
@@ -244,7 +255,7 @@ def constrained_topk(
     if constraint == "trie":
         edges = trie.exclusion_edges(exclude) if n_excl else None
         kwargs["logits_processor"] = LogitsProcessorList([TrieLogitsProcessor(trie, prompt_length, inplace=True,
-                                                                              exclude=edges)])
+                                                                              exclude=edges, renormalize=renormalize)])
     elif constraint == "prefix_fn":
         kwargs["prefix_allowed_tokens_fn"] = make_prefix_allowed_tokens_fn(
             dict_trie(trie), prompt_length, exclude=[set(map(int, ex)) for ex in exclude] if n_excl else None)

@@ -240,9 +240,12 @@ class TextIDRecommender:
                 left = not self.is_seq2seq
                 ids, mask = pad_rows(tokens, self.pad, left=left), pad_rows([[1] * len(t) for t in tokens], 0, left=left)
                 ex = [exclude[i] for i in rows] if exclude is not None else None
+                # a trie-trained model is decoded with what it was trained on: the log-probability of the
+                # whole ID under the trie (renormalised over allowed tokens, summed, no length penalty)
+                trie_scores = {"renormalize": True, "length_penalty": 0.0} if self.loss_kind == "trie" else {}
                 top_items, top_scores = constrained_topk(
                     self.model, self.tokenizer, self.items.trie, {"input_ids": ids, "attention_mask": mask}, k,
-                    num_beams=max(k, self.search_beam), exclude=ex,
+                    num_beams=max(k, self.search_beam), exclude=ex, **trie_scores,
                 )
                 items[rows] = top_items.numpy()
                 scores[rows] = top_scores.numpy()
@@ -257,5 +260,5 @@ class TextIDRecommender:
         self.model.save_pretrained(str(directory))
         self.tokenizer.save_pretrained(str(directory))
         meta = {"max_history": self.max_history, "num_beams": self.num_beams, "eval_template": self.eval_template,
-                "with_user": self.builder.with_user, "with_items": self.builder.with_items}
+                "with_user": self.builder.with_user, "with_items": self.builder.with_items, "loss": self.loss_kind}
         (directory / "recfm-textid.json").write_text(json.dumps(meta, indent=2))

@@ -48,6 +48,7 @@ from recfm.textid.ids import make_unique, normalize_id
 from recfm.textid.initial_ids import initial_ids
 from recfm.textid.item_level import ItemLevelNet, ItemLevelRecommender, WordVocab, is_item_level
 from recfm.textid.prompts import TEMPLATES, PromptBuilder
+from recfm.textid.sequence import SCRATCH_BACKBONE, SequenceRecommender, is_sequence_run
 from recfm.textid.recommender import (INITIAL_IDS_FILE, ITEM_IDS_FILE, ItemIdTable, TextIDRecommender, pad_rows,
                                       write_id_table)
 from recfm.textid.user_ids import UserIds
@@ -183,6 +184,8 @@ class TextIDModel:
         budget = cfg.max_train_minutes * 60 if cfg.max_train_minutes else math.inf
         if cfg.formulation == "items":
             return self._fit_items(split, protocol, log_fn, start, budget)
+        if cfg.formulation == "sequence":
+            return self._fit_sequence(split, protocol, log_fn, start, budget)
         self._build(log_fn)
         instances = training_instances(split.train, cfg.max_instances_per_user)
         if len(instances) == 0:
@@ -319,32 +322,65 @@ class TextIDModel:
                 return "patience"
         return "completed"
 
-    # -- formulation: items ------------------------------------------------------------------
+    # -- formulations items and sequence: whole training sequences, fixed IDs ----------------
     def _fit_items(self, split: LeaveOneOut, protocol: Protocol, log_fn: Callable[[str], None], start: float,
                    budget: float) -> dict:
-        """The item-level model (:mod:`recfm.textid.item_level`) on the initial IDs: epochs over the
-        training windows of ``split.train``, selection on validation, patience, the time budget read
-        after every step."""
-        from tqdm.auto import tqdm
-
+        """The item-level model (:mod:`recfm.textid.item_level`) on the initial IDs."""
         cfg = self.config
-        ids0, report = self._initial_ids()
-        self.report["initial_ids"] = report
-        log_initial_ids(cfg, report, ids0, log_fn)
+        ids0, report = self._fixed_ids(log_fn)
         vocab = WordVocab.of_ids(ids0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             net = ItemLevelNet(cfg.items, len(vocab), cfg.max_history)
         self.rec = ItemLevelRecommender(net.to(cfg.device), vocab, ids0, max_len=cfg.max_history,
                                         num_beams=cfg.num_beams, eval_batch_size=cfg.eval_batch_size, loss=cfg.loss)
+        return self._fit_windows(split, protocol, log_fn, start, budget, report, f"{len(vocab)} ID words")
+
+    def _fit_sequence(self, split: LeaveOneOut, protocol: Protocol, log_fn: Callable[[str], None], start: float,
+                      budget: float) -> dict:
+        """A causal LM on each user's whole sequence of initial IDs (:mod:`recfm.textid.sequence`)."""
+        from recfm.models import build_causal_lm, train_tokenizer
+
+        cfg = self.config
+        ids0, report = self._fixed_ids(log_fn)
+        if cfg.backbone == SCRATCH_BACKBONE:  # a tokenizer of the ID words only: no interaction data reaches it
+            tok = train_tokenizer(ids0, vocab_size=cfg.vocab_size, lowercase=True)
+            sizes = cfg.sequence
+            model = build_causal_lm(tok, hidden_size=sizes.hidden_size, num_layers=sizes.num_layers,
+                                    num_heads=sizes.num_heads, intermediate_size=sizes.intermediate_size,
+                                    max_positions=sizes.max_tokens, attention_dropout=sizes.attention_dropout,
+                                    seed=cfg.seed)
+        else:
+            model, tok = load_backbone(cfg.backbone, [], cfg)
+        self.rec = SequenceRecommender(model.to(cfg.device), tok, ItemIdTable.build(ids0, tok),
+                                       max_history=cfg.max_history, num_beams=cfg.num_beams,
+                                       eval_batch_size=cfg.eval_batch_size, loss=cfg.loss,
+                                       max_tokens=cfg.sequence.max_tokens)
+        return self._fit_windows(split, protocol, log_fn, start, budget, report, f"{len(tok)} tokens")
+
+    def _fixed_ids(self, log_fn: Callable[[str], None]) -> tuple[list[str], dict]:
+        ids0, report = self._initial_ids()
+        self.report["initial_ids"] = report
+        log_initial_ids(self.config, report, ids0, log_fn)
+        return ids0, report
+
+    def _fit_windows(self, split: LeaveOneOut, protocol: Protocol, log_fn: Callable[[str], None], start: float,
+                     budget: float, report: dict, vocabulary: str) -> dict:
+        """Epochs over the training windows of ``split.train`` (``self.rec.train_epoch``), selection on
+        validation, patience, the time budget read after every step."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        name = cfg.formulation
         windows = training_windows(split.train, cfg.max_history)  # split.train only: never a valid/test target
         if len(windows) == 0:
             raise ValueError("no training sequence has two or more items")
         rng = np.random.default_rng(cfg.seed)
         valid = selection_cases(split.valid, cfg.valid_sample, rng)
-        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.rec_lr)
-        log_fn(f"textid (items): {len(windows)} training windows, {len(vocab)} ID words, "
-               f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f}M parameters, {cfg.loss} loss, "
+        params = [p for p in self.rec.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.rec_lr)
+        log_fn(f"textid ({name}): {len(windows)} training windows, {vocabulary}, "
+               f"{sum(p.numel() for p in self.rec.model.parameters()) / 1e6:.1f}M parameters, {cfg.loss} loss, "
                f"{len(valid)} validation cases for selection, {torch.get_num_threads()} threads")
         metric = protocol.selection_metric
         best: dict[str, Any] = {"value": -math.inf}
@@ -377,7 +413,7 @@ class TextIDModel:
                 break
         self._restore(best)
         total = time.perf_counter() - start
-        log_fn(f"textid (items): done in {total:.0f}s ({stopped}); best epoch {best.get('epoch')} "
+        log_fn(f"textid ({name}): done in {total:.0f}s ({stopped}); best epoch {best.get('epoch')} "
                f"valid {metric} {best['value']:.5f}")
         return {"best_round": 1, "best_epoch": best.get("epoch"), "best_valid": best.get("valid", {}),
                 "stopped": stopped, "seconds": round(total, 1), "history": history, "rounds": [{"round": 1}],
@@ -476,7 +512,8 @@ class TextIDModel:
             model = model.merge_and_unload()
             self.rec.model = model
         self.rec.save_pretrained(directory / "recommender")
-        self.generator.save_pretrained(directory / "id_generator")
+        if self.generator is not None:  # formulation sequence trains none
+            self.generator.save_pretrained(directory / "id_generator")
         self.rec.items.save(directory / ITEM_IDS_FILE, self.catalog.item_keys)
         (directory / REPORT_FILE).write_text(json.dumps(self.report, indent=2, default=str))
 
@@ -485,35 +522,41 @@ class TextIDModel:
         directory = Path(directory)
         rec_dir = directory / "recommender"
         item_level = is_item_level(rec_dir)
-        for part in ("recommender", ITEM_IDS_FILE) + (() if item_level else ("id_generator",)):
+        sequence = is_sequence_run(rec_dir)
+        for part in ("recommender", ITEM_IDS_FILE) + (() if item_level or sequence else ("id_generator",)):
             if not (directory / part).exists():
                 raise FileNotFoundError(f"{directory} has no {part}: training did not finish")
         from recfm.models import load_causal_lm, load_seq2seq
 
         self = cls(config, n_items, catalog)
         if item_level:
-            keys, ids = ItemIdTable.read(directory / ITEM_IDS_FILE)
-            if keys != catalog.item_keys:
-                raise ValueError(f"{directory / ITEM_IDS_FILE} lists other items than the dataset; was it trained on it?")
+            ids = _read_ids(directory, catalog)
             self.rec = ItemLevelRecommender.from_pretrained(rec_dir, ids, eval_batch_size=config.eval_batch_size,
                                                             device=config.device)
-            report = directory / REPORT_FILE
-            self.report = json.loads(report.read_text()) if report.is_file() else {}
-            return self
+            return self._with_report(directory)
         loader = load_seq2seq if _is_seq2seq_folder(str(rec_dir)) else load_causal_lm
         model, tok = loader(rec_dir, device=config.device)
+        if sequence:
+            ids = _read_ids(directory, catalog)
+            meta = json.loads((rec_dir / "recfm-textid.json").read_text())
+            self.rec = SequenceRecommender(model, tok, ItemIdTable.build(ids, tok), max_history=meta["max_history"],
+                                           num_beams=meta["num_beams"], eval_batch_size=config.eval_batch_size,
+                                           loss=meta.get("loss", "trie"), max_tokens=meta["max_tokens"])
+            return self._with_report(directory)
         gen_model, _ = load_seq2seq(directory / "id_generator", device=config.device)
         self.generator = IDGenerator(gen_model, tok)
-        keys, ids = ItemIdTable.read(directory / ITEM_IDS_FILE)
-        if keys != catalog.item_keys:
-            raise ValueError(f"{directory / ITEM_IDS_FILE} lists other items than the dataset; was it trained on it?")
+        ids = _read_ids(directory, catalog)
         meta = json.loads((rec_dir / "recfm-textid.json").read_text())
         builder = PromptBuilder(tok, with_user=meta["with_user"], with_items=meta["with_items"],
                                 max_tokens=config.max_prompt_tokens)
         users = UserIds(self.generator, catalog.titles) if meta["with_user"] else None
         self.rec = TextIDRecommender(model, tok, ItemIdTable.build(ids, tok), builder, max_history=meta["max_history"],
                                      num_beams=meta["num_beams"], eval_template=meta["eval_template"],
-                                     eval_batch_size=config.eval_batch_size, user_ids=users)
+                                     eval_batch_size=config.eval_batch_size, user_ids=users,
+                                     loss=meta.get("loss", "full"))  # runs saved before the field: decoded as then
+        return self._with_report(directory)
+
+    def _with_report(self, directory: Path) -> "TextIDModel":
         report = directory / REPORT_FILE
         self.report = json.loads(report.read_text()) if report.is_file() else {}
         return self
@@ -534,6 +577,13 @@ class TextIDModel:
         other.rec = rec
         other.report = {"zero_shot_assign": stats.as_dict()}
         return other
+
+
+def _read_ids(directory: Path, catalog: Catalog) -> list[str]:
+    keys, ids = ItemIdTable.read(directory / ITEM_IDS_FILE)
+    if keys != catalog.item_keys:
+        raise ValueError(f"{directory / ITEM_IDS_FILE} lists other items than the dataset; was it trained on it?")
+    return ids
 
 
 def selection_cases(valid, sample: int, rng: np.random.Generator):
