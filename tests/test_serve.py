@@ -40,6 +40,10 @@ def runs(tmp_path_factory):
         *common, "formulation=items", "strategy=rec_only", "rec_epochs=2", "batch_size=8", "num_beams=4",
         "num_threads=1", "initial_ids={kind: extractive}", "max_history=8",
         "items={hidden_size: 16, num_layers: 1, num_heads: 2, decoder_size: 16}"])
+    train_run("textid", str(folder), root / "textid-sequence", overrides=[
+        *common, "formulation=sequence", "backbone=llama-scratch", "strategy=rec_only", "rec_epochs=2",
+        "batch_size=8", "num_beams=4", "num_threads=1", "initial_ids={kind: extractive}", "max_history=8",
+        "vocab_size=200", "sequence={hidden_size: 16, num_layers: 1, num_heads: 2}"])
     return root
 
 
@@ -188,7 +192,7 @@ def test_concurrent_requests_share_model_calls_and_match_single_answers(client):
     concurrent_matches_alone(client, [[f"i{(u + j) % 12}" for j in range(1 + u % 5)] for u in range(24)])
 
 
-@pytest.mark.parametrize("run", ["textid", "textid-items"])
+@pytest.mark.parametrize("run", ["textid", "textid-items", "textid-sequence"])
 def test_textid_answers_do_not_depend_on_the_requests_batched_with_them(runs, run):
     """Beam search over textual IDs with histories of very different lengths excluded: every
     batched answer is the one the request gets alone (exclusion happens inside the search, so the

@@ -264,6 +264,9 @@ def constrained_topk(
 
     if is_enc_dec and "past_key_values" not in kwargs and kwargs.get("use_cache", True):
         kwargs["past_key_values"] = beam_shared_cross_cache(model.config)
+    elif not is_enc_dec and beams > 1 and input_ids.shape[1] > 1 and "past_key_values" not in kwargs \
+            and kwargs.get("use_cache", True):
+        kwargs["past_key_values"] = shared_prompt_cache(model, input_ids, attention_mask, beams)
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     seqs = out.sequences[:, prompt_length:]
     scores = out.sequences_scores.float()
@@ -286,6 +289,23 @@ def beam_shared_cross_cache(config):
             self.self_attention_cache.reorder_cache(beam_idx)
 
     return _BeamSharedCrossCache(DynamicCache(config=config), DynamicCache(config=config))
+
+
+@torch.no_grad()
+def shared_prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, beams: int):
+    """The KV cache of every prompt but its last token, computed once per prompt and then repeated
+    for its beams. ``generate`` expands a causal LM's prompts to one row per beam *before* the
+    prefill, so a 250-token history with 20 beams ran 20 identical prefills; with this cache it runs
+    one, and ``generate`` continues from the last prompt token (positions from the attention mask,
+    as ``generate`` counts them)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=positions[:, :-1],
+          past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(beams)
+    return cache
 
 
 def select_topk(
