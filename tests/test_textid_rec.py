@@ -92,6 +92,21 @@ def perturb_targets(data: SequenceDataset, seed: int) -> SequenceDataset:
                            data.offsets.copy(), items, data.timestamps.copy())
 
 
+def assert_targets_never_reach_training(folder, monkeypatch, fields: dict) -> None:
+    """Train ``TextIDConfig(**fields)`` on ``folder``'s dataset and on a copy that differs only in its
+    validation and test targets: every weight must come out identical (selection on validation may
+    differ, so the best-state restore is switched off)."""
+    data = load_dataset(folder, use_cache=False)
+    monkeypatch.setattr(TextIDModel, "_restore", lambda self, best: None)
+    weights = []
+    for ds in (data, perturb_targets(data, seed=3)):
+        m = TextIDModel(TextIDConfig(**fields), ds.n_items, Catalog.of(ds, folder))
+        m.fit(ds.split(), log=lambda s: None)
+        weights.append(m.rec.model.state_dict())
+    for name, p in weights[0].items():
+        assert torch.equal(p, weights[1][name]), name
+
+
 def test_no_validation_or_test_target_reaches_any_model_input(shop, monkeypatch):
     """Train twice (alternate rounds, user and item IDs) on datasets that differ only in their
     validation and test targets: every weight, ID and user-ID input must come out identical."""

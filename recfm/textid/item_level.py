@@ -27,10 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from recfm.data.windows import epoch_batches, pad_right
+from recfm.data.windows import pad_right
 from recfm.recommender import TopK
 from recfm.textid.ids import normalize_id
-from recfm.textid.recommender import ItemIdTable
+from recfm.textid.recommender import ItemIdTable, train_on_windows
 from recfm.textid.trie import TokenTrie
 from recfm.textid.trie_loss import free_positions, prefix_states, segment_logsumexp, trie_log_probs
 
@@ -214,27 +214,8 @@ class ItemLevelRecommender:
     def train_epoch(self, windows: np.ndarray, batch_size: int, rng: np.random.Generator,
                     optimizer: torch.optim.Optimizer, *, stop: Callable[[], bool] = lambda: False,
                     progress: Callable | None = None) -> tuple[float, int]:
-        """One pass over the training windows; returns (mean token loss, steps). ``stop()`` is read after
-        every step (the time budget) and ends the epoch early."""
-        self.model.train()
-        lengths = (windows > 0).sum(1)
-        batches = epoch_batches(lengths, batch_size, rng, sort_by_length=True)
-        total, tokens, steps = 0.0, 0, 0
-        for rows in (progress(batches) if progress else batches):
-            batch = windows[rows]
-            batch = torch.from_numpy(batch[:, : max(2, int(lengths[rows].max()))])
-            optimizer.zero_grad(set_to_none=True)
-            loss, n = self.loss(batch)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            optimizer.step()
-            total += float(loss.detach()) * n
-            tokens += n
-            steps += 1
-            if stop():
-                break
-        self.model.eval()
-        return total / max(tokens, 1), steps
+        """One pass over the training windows (:func:`~recfm.textid.recommender.train_on_windows`)."""
+        return train_on_windows(self.model, self.loss, windows, batch_size, rng, optimizer, stop=stop, progress=progress)
 
     # -- the seam ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -20,6 +20,7 @@ from typing import Callable, Collection, Sequence
 import numpy as np
 import torch
 
+from recfm.data.windows import epoch_batches
 from recfm.recommender import TopK
 from recfm.textid.ids import normalize_id
 from recfm.textid.prompts import Prompt, PromptBuilder
@@ -34,6 +35,35 @@ def write_id_table(path: Path, item_keys: Sequence[str], ids: Sequence[str]) -> 
     if len(item_keys) != len(ids):
         raise ValueError(f"{len(item_keys)} item keys for {len(ids)} IDs")
     Path(path).write_text("".join(f"{k}\t{t}\n" for k, t in zip(item_keys, ids)), encoding="utf-8")
+
+
+def train_on_windows(model: torch.nn.Module, window_loss: Callable[[torch.Tensor], tuple[torch.Tensor, int]],
+                     windows: np.ndarray, batch_size: int, rng: np.random.Generator, optimizer: torch.optim.Optimizer,
+                     *, stop: Callable[[], bool] = lambda: False, progress: Callable | None = None) -> tuple[float, int]:
+    """One epoch over right-padded item ``windows`` (the recommenders that train on whole sequences:
+    item-level and whole-sequence): batches of similar length, ``window_loss(batch) -> (mean loss,
+    tokens)``, gradient clipping at 1. Returns (mean token loss, steps). ``stop()`` is read after every
+    step (the time budget) and ends the epoch early; the model is left in eval mode."""
+    model.train()
+    lengths = (windows > 0).sum(1)
+    batches = epoch_batches(lengths, batch_size, rng, sort_by_length=True)
+    total, tokens, steps = 0.0, 0, 0
+    try:
+        for rows in (progress(batches) if progress else batches):
+            batch = torch.from_numpy(windows[rows][:, : max(2, int(lengths[rows].max()))])
+            optimizer.zero_grad(set_to_none=True)
+            loss, n = window_loss(batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            total += float(loss.detach()) * n
+            tokens += n
+            steps += 1
+            if stop():
+                break
+    finally:
+        model.eval()
+    return total / max(tokens, 1), steps
 
 
 def id_prefix(tokenizer) -> str:

@@ -29,11 +29,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
-from recfm.data.windows import epoch_batches
 from recfm.textid.prompts import Prompt
-from recfm.textid.recommender import ItemIdTable, TextIDRecommender, pad_rows
+from recfm.textid.recommender import ItemIdTable, TextIDRecommender, pad_rows, train_on_windows
 from recfm.textid.trie_loss import IGNORE, free_positions, prefix_states, trie_log_probs
 
 SCRATCH_BACKBONE = "llama-scratch"  # a Llama-style decoder built from SequenceConfig on a tokenizer trained on the IDs
@@ -150,27 +148,9 @@ class SequenceRecommender(TextIDRecommender):
     def train_epoch(self, windows: np.ndarray, batch_size: int, rng: np.random.Generator,
                     optimizer: torch.optim.Optimizer, *, stop: Callable[[], bool] = lambda: False,
                     progress: Callable | None = None) -> tuple[float, int]:
-        """One pass over the training windows; returns (mean token loss, steps). ``stop()`` is read after
-        every step (the time budget) and ends the epoch early."""
-        self.model.train()
-        lengths = (windows > 0).sum(1)
-        total, tokens, steps = 0.0, 0, 0
-        try:
-            for rows in (progress or (lambda b: b))(epoch_batches(lengths, batch_size, rng, sort_by_length=True)):
-                batch = torch.from_numpy(windows[rows][:, : max(2, int(lengths[rows].max()))])
-                optimizer.zero_grad(set_to_none=True)
-                loss, n = self.window_loss(batch)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-                optimizer.step()
-                total += float(loss.detach()) * n
-                tokens += n
-                steps += 1
-                if stop():
-                    break
-        finally:
-            self.model.eval()
-        return total / max(tokens, 1), steps
+        """One pass over the training windows (:func:`~recfm.textid.recommender.train_on_windows`)."""
+        return train_on_windows(self.model, self.window_loss, windows, batch_size, rng, optimizer, stop=stop,
+                                progress=progress)
 
     # -- persistence -------------------------------------------------------------------------
     def save_pretrained(self, directory: Path) -> None:

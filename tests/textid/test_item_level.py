@@ -11,10 +11,9 @@ from typer.testing import CliRunner
 
 from recfm.cli import app
 from recfm.data.registry import load_dataset
-from recfm.textid.config import Catalog, TextIDConfig
+from recfm.textid.config import TextIDConfig
 from recfm.textid.item_level import ItemLevelConfig, ItemLevelNet, ItemLevelRecommender, WordVocab
-from recfm.textid.training import TextIDModel
-from tests.test_textid_rec import perturb_targets, write_shop
+from tests.test_textid_rec import assert_targets_never_reach_training, write_shop
 
 runner = CliRunner()
 ITEMS = dict(formulation="items", strategy="rec_only", rec_epochs=3, batch_size=8, num_beams=5, num_threads=1,
@@ -63,16 +62,7 @@ def test_exclusion_removes_items_and_lists_stay_distinct_real_items():
 
 
 def test_no_validation_or_test_target_reaches_the_item_level_model(shop, monkeypatch):
-    data = load_dataset(shop, use_cache=False)
-    other = perturb_targets(data, seed=3)
-    monkeypatch.setattr(TextIDModel, "_restore", lambda self, best: None)  # selection may differ; inputs may not
-    weights = []
-    for ds in (data, other):
-        m = TextIDModel(TextIDConfig(**ITEMS), ds.n_items, Catalog.of(ds, shop))
-        m.fit(ds.split(), log=lambda s: None)
-        weights.append(m.rec.model.state_dict())
-    for name, p in weights[0].items():
-        assert torch.equal(p, weights[1][name]), name
+    assert_targets_never_reach_training(shop, monkeypatch, ITEMS)
 
 
 def test_train_save_load_recommend_and_evaluate_through_the_cli(shop, tmp_path):
