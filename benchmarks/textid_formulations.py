@@ -9,6 +9,8 @@ configs/textid-<dataset>-prompt.yaml the paper's prompt formulation):
     items-full      the same with the full-vocabulary softmax (loss=full)
     items-untied    the same with separate decoder word embeddings (items.tie_words=false)
     items-unscaled  the same without the sqrt(d) scale of the pooled item vectors (items.scale_items=false)
+    items-nowd      the same without AdamW's default weight decay of 0.01 (rec_weight_decay=0)
+    items-nowd-dec256  the same, and a decoder as wide as the history side (items.decoder_size=256)
     prompt          the paper's formulation (one prompt per prefix through a T5 from a config), full loss
     prompt-trie     the same with the trie-restricted loss
 
@@ -41,6 +43,8 @@ CELLS = {
     "items-full": ("textid", "textid-{dataset}.yaml", ["loss=full"]),
     "items-untied": ("textid", "textid-{dataset}.yaml", ["items.tie_words=false"]),
     "items-unscaled": ("textid", "textid-{dataset}.yaml", ["items.scale_items=false"]),
+    "items-nowd": ("textid", "textid-{dataset}.yaml", ["rec_weight_decay=0"]),
+    "items-nowd-dec256": ("textid", "textid-{dataset}.yaml", ["rec_weight_decay=0", "items.decoder_size=256"]),
     "prompt": ("textid", "textid-{dataset}-prompt.yaml", []),
     "prompt-trie": ("textid", "textid-{dataset}-prompt.yaml", ["loss=trie"]),
 }

@@ -206,13 +206,17 @@ def diff_keys(before: dict, after: dict, prefix: str = "") -> list[tuple[str, ob
 
 
 def _catalog_kwargs(entry, data, dataset: str) -> dict:
-    if not getattr(entry.model, "uses_catalog", False):
-        return {}
+    return {"catalog": _catalog(data, dataset)} if getattr(entry.model, "uses_catalog", False) else {}
+
+
+def _catalog(data, dataset: str):
+    """What a text-based model reads of ``dataset``: its items' metadata, and its folder (where files
+    such as a table of initial IDs live), when it has one."""
     from recfm.data.registry import DATASETS, resolve
     from recfm.textid.config import Catalog
 
     source = resolve(dataset)[2] if (dataset in DATASETS or Path(dataset).exists()) else None
-    return {"catalog": Catalog.of(data, source if source is not None and source.is_dir() else None)}
+    return Catalog.of(data, source if source is not None and source.is_dir() else None)
 
 
 def load_run(run_dir: Path, allow_data_change: bool = False):
@@ -263,10 +267,8 @@ def evaluate_run(run_dir: Path, progress=None, exclude_history: bool | None = No
         if not hasattr(recommender, "for_catalog"):
             raise RunError(f"{run.model['name']} cannot score an unseen dataset: its items are learned ids, "
                            "not text (zero-shot needs a text-based model such as textid)")
-        from recfm.textid.config import Catalog
-
         data = load_dataset(dataset)
-        recommender = recommender.for_catalog(Catalog.of(data))
+        recommender = recommender.for_catalog(_catalog(data, dataset))
         extra = {"trained_on": run.dataset, "zero_shot": True, **recommender.report}
     bad = set(splits) - {"valid", "test"}
     if bad or not splits:

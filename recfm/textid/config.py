@@ -62,6 +62,9 @@ class TextIDConfig(BaseModel):
     gen_epochs: int = Field(1, ge=0, description="generator epochs per round (the paper: 1)")
     rec_lr: float = Field(1e-3, gt=0, description="recommender AdamW learning rate (the paper: 1e-3)")
     gen_lr: float = Field(1e-8, gt=0, description="generator AdamW learning rate (the paper: 1e-8)")
+    rec_weight_decay: float = Field(
+        0.01, ge=0, description="recommender AdamW decoupled weight decay (0.01: torch's AdamW default, what every "
+        "run before this field had); it shrinks every word embedding at every step, seen in the batch or not")
     gen_id_loss_weight: float = Field(
         1.0, ge=0, description="weight of the generator's text -> current ID loss added to each alternate-training "
         "generator step, a regulariser that keeps regenerated IDs readable and item-specific (0 = the paper: the "

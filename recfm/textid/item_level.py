@@ -16,6 +16,7 @@ holds the words of the catalog's IDs only (no interaction data reaches it).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -77,6 +78,12 @@ class WordVocab:
 
     def encode(self, text: str) -> list[int]:
         return [self.index.get(w, UNK) for w in normalize_id(text).split()]
+
+    def extended(self, ids: Sequence[str]) -> "WordVocab":
+        """This vocabulary followed by the words of ``ids`` it lacks (sorted), so that every word
+        keeps its index."""
+        new = sorted({w for x in ids for w in normalize_id(x).split()} - set(self.index))
+        return WordVocab(self.words + new)
 
     def table(self, ids: Sequence[str]) -> ItemIdTable:
         """The catalog's IDs as word tokens and their trie (``ids[i]`` is item ``i + 1``)."""
@@ -331,6 +338,33 @@ class ItemLevelRecommender:
             out[b, 1:] = lp.sum(1)
         self.model.train(was)
         return out
+
+    # -- zero-shot ---------------------------------------------------------------------------
+    def for_catalog(self, ids: Sequence[str]) -> "ItemLevelRecommender":
+        """The same trained model over another catalog's textual IDs (zero-shot transfer). Words the
+        training catalog never had are appended to the vocabulary with the mean trained word
+        embedding and the mean output bias: they carry no learned meaning, so an item is known by
+        the words it shares with the training catalog (items that differ only in new words tie).
+        Only the IDs (item metadata) are read; nothing of the new catalog's interactions."""
+        vocab = self.vocab.extended(ids)
+        net = copy.deepcopy(self.model)
+        added = len(vocab) - len(self.vocab)
+        if added:
+            def grow(table: torch.Tensor) -> torch.Tensor:  # [V, ...] -> [V + added, ...]
+                fill = table[len(SPECIAL):].mean(0, keepdim=True)
+                return torch.cat([table, fill.expand(added, *table.shape[1:])])
+
+            with torch.no_grad():
+                net.word_emb = nn.Embedding.from_pretrained(grow(net.word_emb.weight), freeze=False, padding_idx=PAD)
+                net.out_bias = nn.Parameter(grow(net.out_bias))
+                if not net.tie_words:
+                    net.dec_emb = nn.Embedding.from_pretrained(grow(net.dec_emb.weight), freeze=False,
+                                                               padding_idx=PAD)
+        net.eval()
+        other = ItemLevelRecommender(net, vocab, ids, max_len=self.max_len, num_beams=self.num_beams,
+                                     eval_batch_size=self.eval_batch_size, loss=self.loss_kind)
+        other.new_words = added
+        return other
 
     # -- persistence -------------------------------------------------------------------------
     def save_pretrained(self, directory: Path, config: ItemLevelConfig) -> None:

@@ -46,7 +46,7 @@ from recfm.textid.config import Catalog, TextIDConfig
 from recfm.textid.generator import IDGenerator
 from recfm.textid.ids import make_unique, normalize_id
 from recfm.textid.initial_ids import initial_ids
-from recfm.textid.item_level import ItemLevelNet, ItemLevelRecommender, WordVocab, is_item_level
+from recfm.textid.item_level import SPECIAL, ItemLevelNet, ItemLevelRecommender, WordVocab, is_item_level
 from recfm.textid.prompts import TEMPLATES, PromptBuilder
 from recfm.textid.sequence import SCRATCH_BACKBONE, SequenceRecommender, is_sequence_run
 from recfm.textid.recommender import (INITIAL_IDS_FILE, ITEM_IDS_FILE, ItemIdTable, TextIDRecommender, pad_rows,
@@ -193,7 +193,8 @@ class TextIDModel:
         rng = np.random.default_rng(cfg.seed)
         valid = selection_cases(split.valid, cfg.valid_sample, rng)
         rec_model = self.rec.model
-        optimizer = torch.optim.AdamW([p for p in rec_model.parameters() if p.requires_grad], lr=cfg.rec_lr)
+        optimizer = torch.optim.AdamW([p for p in rec_model.parameters() if p.requires_grad], lr=cfg.rec_lr,
+                                      weight_decay=cfg.rec_weight_decay)
         log_fn(f"textid: {len(instances)} training instances, {len(valid)} validation cases for selection, "
                f"{sum(p.numel() for p in rec_model.parameters()) / 1e6:.1f}M recommender parameters, "
                f"strategy {cfg.strategy}, prompt IDs {cfg.prompt_ids}, {torch.get_num_threads()} threads")
@@ -378,7 +379,7 @@ class TextIDModel:
         rng = np.random.default_rng(cfg.seed)
         valid = selection_cases(split.valid, cfg.valid_sample, rng)
         params = [p for p in self.rec.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.rec_lr)
+        optimizer = torch.optim.AdamW(params, lr=cfg.rec_lr, weight_decay=cfg.rec_weight_decay)
         log_fn(f"textid ({name}): {len(windows)} training windows, {vocabulary}, "
                f"{sum(p.numel() for p in self.rec.model.parameters()) / 1e6:.1f}M parameters, {cfg.loss} loss, "
                f"{len(valid)} validation cases for selection, {torch.get_num_threads()} threads")
@@ -562,20 +563,33 @@ class TextIDModel:
         return self
 
     def for_catalog(self, catalog: Catalog, progress: bool = True) -> "TextIDModel":
-        """The same trained model on another catalog (zero-shot): its items get IDs from the trained
-        generator by Algorithm 1; nothing of the new dataset's interactions is used."""
-        if self.generator is None:
-            raise ValueError("zero-shot needs the ID generator to give the new catalog's items IDs; this run "
-                             f"(formulation {self.config.formulation!r}) has none: train with formulation 'prompt'")
+        """The same trained model on another catalog (zero-shot); nothing of the new dataset's
+        interactions is used. Its items get IDs from the trained generator by Algorithm 1 (formulation
+        ``prompt``), or by the run's own initial-ID rule over the new catalog's metadata (``items``
+        and ``sequence``, which train no generator)."""
         other = TextIDModel(self.config, catalog.n_items, catalog)
-        other.generator = self.generator
-        ids, stats = self.generator.assign(catalog.texts, self.config.unique, progress=progress)
-        rec = copy.copy(self.rec)
-        rec.items = ItemIdTable.build(ids, rec.tokenizer)
-        if rec.user_ids is not None:
-            rec.user_ids = UserIds(self.generator, catalog.titles)
-        other.rec = rec
-        other.report = {"zero_shot_assign": stats.as_dict()}
+        if self.generator is not None:
+            other.generator = self.generator
+            ids, stats = self.generator.assign(catalog.texts, self.config.unique, progress=progress)
+            rec = copy.copy(self.rec)
+            rec.items = ItemIdTable.build(ids, rec.tokenizer)
+            if rec.user_ids is not None:
+                rec.user_ids = UserIds(self.generator, catalog.titles)
+            other.rec = rec
+            other.report = {"zero_shot_assign": stats.as_dict()}
+            return other
+        if self.config.formulation == "prompt":
+            raise ValueError("zero-shot needs the ID generator to give the new catalog's items IDs; this run "
+                             "has none (it was saved without id_generator/)")
+        ids, report = other._initial_ids()
+        if isinstance(self.rec, ItemLevelRecommender):
+            other.rec = self.rec.for_catalog(ids)
+            report["new_words"] = other.rec.new_words
+            report["words"] = len(other.rec.vocab) - len(SPECIAL)
+        else:
+            other.rec = copy.copy(self.rec)
+            other.rec.items = ItemIdTable.build(ids, self.rec.tokenizer)
+        other.report = {"zero_shot_ids": report}
         return other
 
 

@@ -90,6 +90,43 @@ def test_train_save_load_recommend_and_evaluate_through_the_cli(shop, tmp_path):
     assert ((ta.items > 0) & (ta.items <= data.n_items)).all()
 
 
+def test_for_catalog_keeps_every_trained_word_and_gives_new_words_the_mean():
+    rec = random_recommender(2)
+    ids = ["red lamp", "purple lamp", "blue stool", "purple stool", "warm soft chair"]  # purple, stool: unseen
+    other = rec.for_catalog(ids)
+    assert other.new_words == 2 and other.vocab.words[: len(rec.vocab)] == rec.vocab.words
+    assert other.n_items == 5 and other.items.texts[1:] == ids
+    old, new = rec.model.word_emb.weight, other.model.word_emb.weight
+    assert torch.equal(new[: len(old)], old)  # the trained words are untouched
+    mean = old[4:].mean(0)
+    for w in ("purple", "stool"):
+        assert torch.allclose(new[other.vocab.index[w]], mean)
+        assert torch.isclose(other.model.out_bias[other.vocab.index[w]], rec.model.out_bias[4:].mean())
+    histories = [[1, 2], [5]]
+    top = other.recommend(histories, k=5)
+    assert all(sorted(row) == [1, 2, 3, 4, 5] for row in top.items.tolist())  # every real item, once
+    exact = other.item_log_probs(histories)  # the grown model is still a distribution over the new catalog
+    assert torch.allclose(exact[:, 1:].exp().sum(1), torch.ones(2), atol=1e-4)
+    before = rec.recommend(histories, k=3)  # the source model is not changed by the copy
+    assert np.array_equal(before.items, random_recommender(2).recommend(histories, k=3).items)
+
+
+def test_zero_shot_on_an_unseen_catalog_through_the_cli(shop, tmp_path):
+    out = tmp_path / "run"
+    overrides = ["formulation=items", "strategy=rec_only", "rec_epochs=2", "batch_size=8", "num_beams=5",
+                 "num_threads=1", "max_history=8", "items.hidden_size=16", "items.num_layers=1", "items.decoder_size=16",
+                 "initial_ids.kind=table", "initial_ids.path=dataset:item_initial_ids.txt"]
+    r = runner.invoke(app, ["train", "textid", "-d", str(shop), "-o", str(out), "--no-preset", *overrides])
+    assert r.exit_code == 0, r.output
+    unseen = write_shop(tmp_path / "unseen-shop", n_users=12, n_items=9, seed=5, prefix="z")
+    r = runner.invoke(app, ["--quiet", "evaluate", "-r", str(out), "--dataset", str(unseen), "--splits", "test", "--json"])
+    assert r.exit_code == 0, r.output
+    zs = json.loads(r.output)
+    assert zs["zero_shot"] and zs["dataset"] == "unseen-shop" and zs["test"]["cases"] == 12
+    # the unseen shop's IDs come from its own folder's table (the run's initial-ID rule), not the training shop's
+    assert zs["zero_shot_ids"]["items"] == 9 and zs["zero_shot_ids"]["new_words"] >= 0
+
+
 def test_item_level_needs_rec_only():
     with pytest.raises(ValueError, match="rec_only"):
         TextIDConfig(formulation="items", strategy="alternate")
