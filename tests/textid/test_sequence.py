@@ -83,7 +83,7 @@ def test_no_validation_or_test_target_reaches_the_sequence_model(shop, monkeypat
     assert_targets_never_reach_training(shop, monkeypatch, SEQUENCE)
 
 
-def test_train_save_load_recommend_and_evaluate_through_the_cli(shop, tmp_path):
+def test_train_save_load_recommend_evaluate_and_zero_shot_through_the_cli(shop, tmp_path):
     out = tmp_path / "run"
     overrides = ["formulation=sequence", "backbone=llama-scratch", "strategy=rec_only", "rec_epochs=4", "batch_size=8",
                  "num_beams=5", "num_threads=1", "max_history=8", "vocab_size=120", "sequence.hidden_size=32",
@@ -100,6 +100,12 @@ def test_train_save_load_recommend_and_evaluate_through_the_cli(shop, tmp_path):
     assert r.exit_code == 0, r.output
     again = json.loads(r.output)
     assert again["test"]["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"], abs=1e-6)
+    # zero-shot: an unseen shop's items get IDs from its own table, tokenized by the run's tokenizer
+    unseen = write_shop(tmp_path / "unseen-shop", n_users=12, n_items=9, seed=5, prefix="z")
+    r = runner.invoke(app, ["--quiet", "evaluate", "-r", str(out), "--dataset", str(unseen), "--splits", "test", "--json"])
+    assert r.exit_code == 0, r.output
+    zs = json.loads(r.output)
+    assert zs["zero_shot"] and zs["test"]["cases"] == 12 and zs["zero_shot_ids"]["items"] == 9
 
 
 @pytest.mark.parametrize("fields, message", [
