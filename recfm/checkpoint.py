@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from recfm.errors import RecfmError
-from recfm.data.cache import atomic_directory, atomic_write_json
+from recfm.atomic import atomic_directory, atomic_write_json
 
 LATEST = "latest.json"
 TENSORS = "tensors.safetensors"

@@ -161,7 +161,7 @@ def models(
 ) -> None:
     """Trainable models: every configuration field with its type, default and description, and the
     presets (configs/MODEL-DATASET.yaml) that override fields per dataset."""
-    from recfm.baselines import MODELS
+    from recfm.model_table import MODELS
     from recfm.config_docs import describe_fields, preset_overrides
 
     if model is not None and model not in MODELS:
@@ -259,7 +259,7 @@ def evaluate_cmd(
                                            help="score even if the run's dataset changed since training"),
 ) -> None:
     """Re-load a trained run and score validation and test with its recorded protocol."""
-    from recfm.data.cache import atomic_write_json
+    from recfm.atomic import atomic_write_json
     from recfm.runs import evaluate_run
 
     if output is not None and output.is_dir():
@@ -303,7 +303,7 @@ def recommend(
 ) -> None:
     """Top-K items of a trained run for a history: item ids, textual IDs (textid runs), titles, scores.
     With --all-users: every user's top K, streamed to a Parquet or CSV file."""
-    from recfm.runs import recommend_items
+    from recfm.serve.service import recommend_items
 
     if all_users or output is not None:
         if not all_users or output is None or history is not None or user is not None or titles:
@@ -376,7 +376,7 @@ def compare(
 
     Runs scored under different protocols are refused unless --mixed; runs that differ only in their
     seed become mean ± std rows."""
-    from recfm.data.cache import atomic_write_text
+    from recfm.atomic import atomic_write_text
     from recfm.reports import ReportError, compare_report, notes, output_format, render, rich_table
 
     with user_errors():
@@ -416,8 +416,9 @@ def demo(
 ) -> None:
     """The main job on real data: Pop and SASRec on MovieLens-1M, then a textual-ID generative
     recommender (IDGenRec) on MovieLens-100K and its recommendations for a real user."""
-    from recfm.baselines import MODELS
-    from recfm.runs import recommend_items, train_run
+    from recfm.model_table import MODELS
+    from recfm.runs import train_run
+    from recfm.serve.service import recommend_items
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     plan = [] if skip_baselines else [("pop", None), ("sasrec", configs / f"sasrec-{dataset}-demo.yaml")]
@@ -485,25 +486,13 @@ def bench_report(output: Path = typer.Argument(..., help="a bench results folder
 
 def _multitask_config(config: Optional[Path], overrides: list[str]):
     """The YAML config with ``section.key=value`` overrides (``train.steps=50``, ``data.build.history_len=5``)."""
-    import yaml
-
-    from recfm.multitask.run import load_run_config
-
-    nested: dict = {}
-    for text in overrides:
-        key, sep, raw = text.partition("=")
-        path = key.strip().split(".")
-        if not sep or not all(path) or path[0] not in ("data", "train"):
-            raise ConfigError(f"override {text!r} must look like train.KEY=VALUE or data.KEY=VALUE (e.g. train.steps=50)")
-        node = nested
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(raw) if raw.strip() else None
     from pydantic import ValidationError
 
     from recfm.errors import describe_validation_error
-    from recfm.multitask.run import MultiTaskRunConfig
+    from recfm.multitask.run import MultiTaskRunConfig, load_run_config
+    from recfm.overrides import apply_overrides
 
+    nested = apply_overrides({}, overrides, ("data", "train"), example="train.KEY=VALUE or data.KEY=VALUE: train.steps=50")
     try:
         return load_run_config(config, nested)
     except ValidationError as e:

@@ -30,6 +30,17 @@ def flushed_denormals() -> Iterator[None]:
 
 
 @contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model.eval()`` inside the block; the train / eval mode it had is restored after it."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+@contextmanager
 def training_context(num_threads: int | None, seed: int) -> Iterator[None]:
     """``num_threads`` torch threads (None = all cores, shared by the processes a launcher started on
     this machine), denormals flushed, the global RNG seeded inside a fork (the caller's RNG state

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from recfm.data.preprocess import PrepConfig
 from recfm.errors import ConfigError, describe_validation_error
 from recfm.evaluation.protocol import Protocol
+from recfm.overrides import deep_merge, nested
+from recfm.overrides import parse_override as parse_key_value
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PRESET_DIR = PROJECT_ROOT / "configs"
@@ -37,26 +39,7 @@ __all__ = ["ConfigError", "RunConfig", "deep_merge", "dump", "parse_override", "
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``model.hidden=64`` -> (["model", "hidden"], 64). A bare key is a model key: ``epochs=3``."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} is not key=value (e.g. epochs=5 or protocol.exclude_history=true)")
-    key, raw = text.split("=", 1)
-    path = key.strip().split(".")
-    if not all(path):
-        raise ConfigError(f"override {text!r} has an empty key")
-    if path[0] not in TOP_LEVEL_KEYS:
-        path = ["model", *path]
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
-    return path, value
-
-
-def deep_merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for k, v in update.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return parse_key_value(text, TOP_LEVEL_KEYS, default_section="model")
 
 
 def read_yaml(path: Path) -> dict:
@@ -139,10 +122,7 @@ def resolve(
         data = deep_merge(data, layer)
         layers.append(_layer_name(f))
     for text in overrides:
-        path, value = parse_override(text)
-        update: Any = value
-        for key in reversed(path):
-            update = {key: update}
+        update = nested(*parse_override(text))
         check_layer(update, f"override {text!r}")
         data = deep_merge(data, update)
         layers.append(text)

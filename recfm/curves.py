@@ -80,7 +80,7 @@ def _summary_writer():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        from recfm.config import ConfigError  # a one-line error on the command line, not a traceback
+        from recfm.errors import ConfigError  # a one-line error on the command line, not a traceback
 
         raise ConfigError("report_to: tensorboard needs the tensorboard package, which is not installed: "
                           "pip install 'recfm[tensorboard]' (or set report_to: none)") from None

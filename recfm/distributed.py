@@ -98,6 +98,13 @@ def all_sum(*values: float) -> list[float]:
     return t.tolist()
 
 
+def any_process(flag: bool) -> bool:
+    """True on every process when ``flag`` is true on any: decisions such as "out of time" that
+    each process's own clock could answer differently, taken together so no process waits alone
+    in a collective the others left."""
+    return all_sum(float(bool(flag)))[0] > 0
+
+
 def _gather(n: int, index: np.ndarray, values) -> list[tuple[np.ndarray, Any]]:
     """Every process's (index, values), checked to cover 0..n-1 exactly once."""
     parts: list[Any] = [None] * world_size()

@@ -9,7 +9,7 @@ on the model type.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Collection, Protocol, Sequence, runtime_checkable
+from typing import ClassVar, Collection, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -60,3 +60,25 @@ class ScoringRecommender:
         items = top.indices.cpu().numpy().astype(np.int64)
         items[~np.isfinite(values)] = 0
         return TopK(items=items, scores=values)
+
+
+class TrainableRecommender:
+    """What a run (recfm/runs.py) may ask of a model class listed in :mod:`recfm.model_table`.
+
+    The contract::
+
+        model = Model(config, n_items[, catalog=])
+        model.fit(split, protocol, log, ...)   # reads split.train and split.valid only; selects on validation
+        model.recommend(histories, k, exclude)  # the Recommender seam
+        model.save(directory); Model.load(directory, config, n_items[, catalog=])
+
+    Optional capabilities are class attributes with their defaults here, read directly (never
+    probed with getattr / hasattr): a model that has one sets it to True on its class.
+    """
+
+    resumable: ClassVar[bool] = False  # fit() takes checkpoints= and resume=
+    resume_free: ClassVar[tuple[str, ...]] = ()  # config keys a resumed run may change (budgets, threads)
+    writes_history: ClassVar[bool] = False  # fit() takes run_dir= and writes history.jsonl / curves.png there
+    reports_validation: ClassVar[bool] = False  # fit() takes on_validation=(epoch, metrics) (recfm tune prunes on it)
+    uses_catalog: ClassVar[bool] = False  # the constructor and load() take catalog= (item keys, texts, titles)
+    zero_shot: ClassVar[bool] = False  # for_catalog(catalog) gives the trained model on an unseen dataset's items

@@ -294,7 +294,7 @@ def train_seeds(
     arguments (``use_preset``) go to ``train_run``."""
     from recfm import distributed
     from recfm.config import ConfigError, dump, parse_override, resolve
-    from recfm.data.cache import atomic_write_json
+    from recfm.atomic import atomic_write_json
     from recfm.runs import model_entry, train_run
 
     seeds = list(seeds)

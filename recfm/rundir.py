@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
-from recfm.data.cache import atomic_write_json
+from recfm.atomic import atomic_write_json
 from recfm.errors import RecfmError
 
 MARKER = ".recfm-run"

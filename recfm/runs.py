@@ -25,9 +25,10 @@ import torch
 import yaml
 
 from recfm import __version__, distributed, rundir
-from recfm.baselines import MODELS
+from recfm.model_table import MODELS
 from recfm.config import ConfigError, RunConfig, dump, read_yaml, resolve
-from recfm.data.cache import atomic_write_json, atomic_write_text
+from recfm.data.catalog import Catalog
+from recfm.atomic import atomic_write_json, atomic_write_text
 from recfm.errors import RecfmError, describe_validation_error
 from recfm.data.registry import load_dataset
 from recfm.evaluation.protocol import Protocol, evaluate
@@ -116,12 +117,12 @@ def train_run(
         log.info("threads: %s torch threads, OMP_WAIT_POLICY=%s", env["torch_threads"], env["omp_wait_policy"])
         recommender = entry.model(model_cfg, data.n_items, **_catalog_kwargs(entry, data, dataset))
         start = time.perf_counter()
-        resumable = getattr(entry.model, "resumable", False)
+        resumable = entry.model.resumable
         checkpoint_kwargs = {"checkpoints": output / CHECKPOINTS, "resume": resume} if resumable else {}
-        if getattr(entry.model, "writes_history", False):  # history.jsonl, curves.png (recfm/curves.py)
+        if entry.model.writes_history:  # history.jsonl, curves.png (recfm/curves.py)
             checkpoint_kwargs["run_dir"] = output
         training = True
-        if on_validation is not None and getattr(entry.model, "reports_validation", False):
+        if on_validation is not None and entry.model.reports_validation:
             checkpoint_kwargs["on_validation"] = on_validation
         history = recommender.fit(split, run.protocol, log=log.info, **checkpoint_kwargs)
         train_seconds = time.perf_counter() - start
@@ -176,7 +177,7 @@ def check_device(model_cfg) -> None:
 
 
 def _check_resumable(output: Path, config_text: str, entry) -> None:
-    if not getattr(entry.model, "resumable", False):
+    if not entry.model.resumable:
         raise RunError(f"{entry.name} training cannot be resumed (it writes no checkpoints); start it again "
                        "with --overwrite instead of --resume")
     if not (output / "config.yaml").is_file():
@@ -185,7 +186,7 @@ def _check_resumable(output: Path, config_text: str, entry) -> None:
         raise RunError(f"{output} holds a finished run: nothing to resume")
     saved, now = yaml.safe_load((output / "config.yaml").read_text()), yaml.safe_load(config_text)
     for cfg in (saved, now):  # settings that do not change what is computed (threads, time budget, ...)
-        for key in getattr(entry.model, "resume_free", ()):
+        for key in entry.model.resume_free:
             (cfg.get("model") or {}).pop(key, None)
     if saved != now:
         changed = ", ".join(f"{key} ({before!r} in the run, {after!r} now)" for key, before, after in diff_keys(saved, now)[:5])
@@ -206,14 +207,13 @@ def diff_keys(before: dict, after: dict, prefix: str = "") -> list[tuple[str, ob
 
 
 def _catalog_kwargs(entry, data, dataset: str) -> dict:
-    return {"catalog": _catalog(data, dataset)} if getattr(entry.model, "uses_catalog", False) else {}
+    return {"catalog": _catalog(data, dataset)} if entry.model.uses_catalog else {}
 
 
 def _catalog(data, dataset: str):
     """What a text-based model reads of ``dataset``: its items' metadata, and its folder (where files
     such as a table of initial IDs live), when it has one."""
     from recfm.data.registry import DATASETS, resolve
-    from recfm.textid.config import Catalog
 
     source = resolve(dataset)[2] if (dataset in DATASETS or Path(dataset).exists()) else None
     return Catalog.of(data, source if source is not None and source.is_dir() else None)
@@ -264,7 +264,7 @@ def evaluate_run(run_dir: Path, progress=None, exclude_history: bool | None = No
         protocol = protocol.model_copy(update={"max_cases": max_cases})
     extra: dict = {}
     if dataset is not None and dataset != run.dataset:
-        if not hasattr(recommender, "for_catalog"):
+        if not model_entry(run.model["name"]).model.zero_shot:
             raise RunError(f"{run.model['name']} cannot score an unseen dataset: its items are learned ids, "
                            "not text (zero-shot needs a text-based model such as textid)")
         data = load_dataset(dataset)
@@ -306,37 +306,3 @@ def _environment(model_cfg=None) -> dict:
         "processes": distributed.world_size(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def recommend_items(run_dir: Path, history: list[str] | None = None, k: int = 10, *, user: str | None = None,
-                    titles: list[str] | None = None, fuzzy: bool = False,
-                    exclude_history: bool = False, allow_data_change: bool = False) -> dict:
-    """Top-k items of a trained run for a history of the dataset's item ids, of free-text ``titles``
-    (each matched to the catalog as by ``recfm serve``: without an exact or high-confidence match
-    it is refused with its candidates unless ``fuzzy``; ``resolved`` shows each match and score),
-    or for a dataset user (their test-time history: every item but the held-out last one, shown as
-    ``held_out``). ``exclude_history`` defaults to False here (as the evaluation protocol), while
-    the server's defaults to true. k is at most the run's search beam for a textid run."""
-    from recfm.serve.service import RecommendationService, RequestError
-
-    service = RecommendationService.from_run(run_dir, allow_data_change=allow_data_change)
-    data = service.data
-    held_out = resolved = None
-    try:
-        if user is not None:
-            if user not in data.user_ids:
-                raise RunError(f"user {user!r} is not in {data.name} (e.g. {', '.join(data.user_ids[:3])})")
-            seq = data.sequence(data.user_ids.index(user)).tolist()
-            hist, held_out = seq[:-1], seq[-1]
-            if not hist:
-                raise RunError(f"user {user!r} has a single item: no history to recommend from")
-        elif titles is not None:
-            hist, resolved = service.resolve_history(titles=titles, fuzzy=fuzzy, cli=True)
-        else:
-            hist = service.resolve(item_ids=history or [])
-        [recs] = service.recommend([hist], [service.check_k(k)], [exclude_history])
-    except RequestError as e:
-        raise RunError(str(e)) from None
-    return {"run": str(run_dir), "model": service.model_name, "dataset": data.name,
-            "history": [service.describe(i) for i in hist], "resolved": resolved,
-            "held_out": service.describe(held_out) if held_out else None, "recommendations": recs}

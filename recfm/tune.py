@@ -33,8 +33,9 @@ from typing import Any, Callable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from recfm.config import ConfigError, deep_merge, parse_override, read_yaml, resolve
-from recfm.data.cache import atomic_write_json, atomic_write_text
+from recfm.config import ConfigError, parse_override, read_yaml, resolve
+from recfm.overrides import deep_merge, nested
+from recfm.atomic import atomic_write_json, atomic_write_text
 from recfm.errors import describe_validation_error
 
 log = logging.getLogger("recfm.tune")
@@ -123,7 +124,7 @@ def tune(model: str, dataset: str, space_path: Path, trials: int, output: Path, 
     from recfm.runs import evaluate_run, model_entry, train_run
 
     entry = model_entry(model)
-    if not getattr(entry.model, "reports_validation", False):
+    if not entry.model.reports_validation:
         raise ConfigError(f"{model} has no per-epoch validation to search over (tune sasrec, gru4rec, ...)")
     space = load_space(space_path, model, dataset, entry.config, config_file)
     run_cfg, _, _ = resolve(model, dataset, entry.config, config_file, _fixed(space))
@@ -205,10 +206,7 @@ def _as_config(overrides: dict) -> dict:
     out: dict = {}
     for key, value in overrides.items():
         path, _ = parse_override(f"{key}=0")
-        update: Any = value
-        for part in reversed(path):
-            update = {part: update}
-        out = deep_merge(out, update)
+        out = deep_merge(out, nested(path, value))
     return out
 
 

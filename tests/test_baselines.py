@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from recfm.baselines import MODELS
+from recfm.model_table import MODELS
 from recfm.baselines import trainer as trainer_module
 from recfm.baselines.gru4rec import GRU4Rec, GRU4RecConfig
 from recfm.baselines.sasrec import SASRec, SASRecConfig

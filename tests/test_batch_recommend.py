@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from recfm.batch import recommend_all_users
 from recfm.cli import app
 from recfm.data.registry import load_dataset
-from recfm.runs import RunError, recommend_items, train_run
+from recfm.runs import RunError, train_run
+from recfm.serve.service import recommend_items
 
 runner = CliRunner()
 COMMON = ["prep.user_core=2", "prep.item_core=0"]

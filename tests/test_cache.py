@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import recfm.data.registry as registry
-from recfm.data.cache import atomic_directory, cache_key, fingerprint_files
+from recfm.data.cache import cache_key, fingerprint_files
+from recfm.atomic import atomic_directory
 from recfm.data.dataset import FORMAT_VERSION, SequenceDataset
 from recfm.data.preprocess import PrepConfig, preprocess
 from recfm.data.registry import load_dataset

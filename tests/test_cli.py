@@ -40,7 +40,7 @@ def test_train_writes_run_directory_with_documented_metrics_shape(p5_folder, tmp
     assert METRIC_KEYS <= set(metrics["test"]) and "ndcg@10" in metrics["valid"]
     assert all(k == k.lower() for k in metrics["test"])
     assert metrics["protocol"]["exclude_history"] is True
-    assert metrics["train_seconds"] >= 0
+    assert isinstance(metrics["train_seconds"], float) and metrics["train_seconds"] < 600
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["prep"]["user_core"] == 2 and config["protocol"]["exclude_history"] is True
     assert (run / "train.log").read_text().strip()

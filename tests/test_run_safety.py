@@ -249,7 +249,7 @@ def test_run_files_follow_the_umask(shop, tmp_path):
 
 
 def test_a_cache_write_killed_midway_leaves_no_temporary_behind(shop, tmp_path):
-    from recfm.data.cache import atomic_directory
+    from recfm.atomic import atomic_directory
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)

@@ -13,7 +13,8 @@ from recfm.cli import app
 from recfm.data.dataset import SequenceDataset, concat_datasets
 from recfm.data.registry import load_dataset
 from recfm.textid.backbones import check_shared_vocabulary
-from recfm.textid.config import Catalog, TextIDConfig
+from recfm.data.catalog import Catalog
+from recfm.textid.config import TextIDConfig
 from recfm.textid.prompts import TEMPLATES, PromptBuilder
 from recfm.textid.training import TextIDModel, training_instances
 

@@ -19,7 +19,7 @@ from recfm.baselines.trainer import SequenceNet, SequentialRecommender, Sequenti
 
 
 class GRU4RecConfig(SequentialTrainConfig):
-    name: Literal["gru4rec"] = "gru4rec"
+    name: Literal["gru4rec"] = Field("gru4rec", description="the model-table row (recfm models)")
     embedding_size: int = Field(64, ge=1, description="item embedding width (also the output width)")
     hidden_size: int = Field(128, ge=1, description="GRU state width")
     num_layers: int = Field(1, ge=1, description="stacked GRU layers")

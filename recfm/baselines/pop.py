@@ -8,18 +8,18 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from recfm.data.split import LeaveOneOut
-from recfm.recommender import ScoringRecommender
+from recfm.recommender import ScoringRecommender, TrainableRecommender
 
 
 class PopConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = "pop"
+    name: str = Field("pop", description="the model-table row (recfm models)")
 
 
-class MostPopular(ScoringRecommender):
+class MostPopular(ScoringRecommender, TrainableRecommender):
     def __init__(self, config: PopConfig, n_items: int):
         self.config = config
         self.n_items = n_items

@@ -23,7 +23,7 @@ from recfm.baselines.trainer import SequenceNet, SequentialRecommender, Sequenti
 
 
 class SASRecConfig(SequentialTrainConfig):
-    name: Literal["sasrec"] = "sasrec"
+    name: Literal["sasrec"] = Field("sasrec", description="the model-table row (recfm models)")
     hidden_size: int = Field(64, ge=1, description="embedding and transformer width")
     num_layers: int = Field(2, ge=1, description="transformer blocks")
     num_heads: int = Field(1, ge=1, description="attention heads (must divide hidden_size)")

@@ -47,7 +47,7 @@ from recfm.curves import REPORT_TO_HELP, ReportTo, TrainingHistory
 from recfm.data.split import LeaveOneOut
 from recfm.data.windows import epoch_batches, pad_right, training_windows
 from recfm.evaluation.protocol import Protocol, evaluate
-from recfm.recommender import ScoringRecommender
+from recfm.recommender import ScoringRecommender, TrainableRecommender
 
 WEIGHTS_FILE = "model.safetensors"
 SCORE_GROUP = 64  # histories encoded together in score(), grouped by length
@@ -212,13 +212,13 @@ class FitState:
 _RESUME_FREE = {"show_progress", "num_threads", "device", "max_train_minutes", "checkpoint_every", "report_to"}
 
 
-class SequentialRecommender(ScoringRecommender):
+class SequentialRecommender(ScoringRecommender, TrainableRecommender):
     """Fit / score / save / load for any :class:`SequenceNet`; subclasses write ``build_net``."""
 
     config_class: type[SequentialTrainConfig] = SequentialTrainConfig
-    resumable = True  # fit() takes checkpoints= and resume=
-    writes_history = True  # fit() takes run_dir= and writes history.jsonl / curves.png there (recfm.curves)
-    reports_validation = True  # fit() takes on_validation=(epoch, metrics) -> None, called after each validation
+    resumable = True
+    writes_history = True
+    reports_validation = True
     resume_free = _RESUME_FREE
 
     def __init__(self, config: SequentialTrainConfig, n_items: int):
@@ -364,7 +364,7 @@ class SequentialRecommender(ScoringRecommender):
                 row["steps"] = f"{fs.step} of {len(batches)} (time budget)"
             elapsed = time.perf_counter() - start
             # summed over processes: clocks differ, and all must stop after the same epoch
-            out_of_budget = cut or distributed.all_sum(float(epoch < cfg.epochs and elapsed + elapsed / epoch > budget))[0] > 0
+            out_of_budget = cut or distributed.any_process(epoch < cfg.epochs and elapsed + elapsed / epoch > budget)
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_budget:
                 valid = evaluate(self, split.valid, protocol)
                 row["valid"] = {k: round(v, 6) for k, v in valid.items() if k not in ("cases", "eval_seconds")}
@@ -441,7 +441,7 @@ class SequentialRecommender(ScoringRecommender):
                 self.net.train()
             # all processes read one verdict: their clocks differ, and they must stop at the same step
             if budget < math.inf and fs.step < len(batches) and \
-                    distributed.all_sum(float(time.perf_counter() - start > budget))[0] > 0:
+                    distributed.any_process(time.perf_counter() - start > budget):
                 bar.close()
                 self.net.eval()
                 return True

@@ -298,7 +298,7 @@ def finetune(
                     if not stop and config.max_minutes is not None and minutes >= config.max_minutes:
                         history["stopped"] = f"time limit ({config.max_minutes} min)"
                         stop = True
-                    if world > 1 and distributed.all_sum(float(stop))[0] > 0:  # clocks differ: stop together
+                    if world > 1 and distributed.any_process(stop):
                         stop = True
                         history["stopped"] = history["stopped"] if history["stopped"] != "completed" else "time limit"
                     if stop or step >= total:

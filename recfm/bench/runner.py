@@ -22,10 +22,10 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from recfm.bench.settings import DOMAINS, Plan, Setting, plans_for
+from recfm.bench.settings import Plan, Setting, builtin_domains, plans_for
 from recfm.bench.tasks import ClickTaskConfig, cached_pairs
 from recfm import distributed
-from recfm.data.cache import atomic_write_json
+from recfm.atomic import atomic_write_json
 
 log = logging.getLogger("recfm.bench")
 
@@ -35,7 +35,8 @@ class ModelSpec(BaseModel):
 
     name: str = Field(..., description="short name used in file names and tables")
     path: str = Field(..., description="alias (smollm2-135m-instruct, all-minilm-l6-v2), folder or hub name")
-    paradigm: Literal["prompt", "embedding"]
+    paradigm: Literal["prompt", "embedding"] = Field(..., description="prompt: P(Yes) of a Yes/No question; "
+                                                    "embedding: cosine of history and item embeddings")
     options: dict[str, Any] = Field(default_factory=dict, description="scorer options (batch_size, pooling, ...)")
     finetune: dict[str, Any] = Field(default_factory=dict, description="FinetuneConfig fields for this model, over the config's")
 
@@ -49,15 +50,17 @@ class DatasetEntry(BaseModel):
 class BenchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    output: str = "runs/bench-md"
+    output: str = Field("runs/bench-md", description="folder of the cell results, reports and caches")
     datasets: dict[str, DatasetEntry] = Field(default_factory=dict, description="the benchmark's datasets (and folders)")
-    targets: list[str]
-    models: list[ModelSpec]
-    settings: list[Setting] = Field(default_factory=lambda: ["zero_shot", "target"])
-    two_stage_order: Literal["others_then_target", "target_then_others"] = "others_then_target"
+    targets: list[str] = Field(..., description="datasets scored (each a key of datasets, or a registered name)")
+    models: list[ModelSpec] = Field(..., description="the foundation models compared")
+    settings: list[Setting] = Field(default_factory=lambda: ["zero_shot", "target"],
+                                    description="fine-tuning settings (docs/bench.md: zero_shot, target, ...)")
+    two_stage_order: Literal["others_then_target", "target_then_others"] = Field(
+        "others_then_target", description="the order of the two stages of a two-stage setting")
     task: ClickTaskConfig = Field(default_factory=ClickTaskConfig, description="history length, negatives, seed")
     test_users: int | None = Field(2000, ge=1, description="users per test set (paper: about 20K pairs)")
-    valid_users: int | None = Field(300, ge=1)
+    valid_users: int | None = Field(300, ge=1, description="users per validation set (early stopping of LoRA)")
     train_users: int | None = Field(5000, ge=1, description="users whose training positions make the fine-tune set")
     finetune: dict[str, Any] = Field(default_factory=dict, description="FinetuneConfig fields (LoRA rank, lr, ...)")
     max_title_chars: int | None = Field(200, ge=8, description="item texts cut to this many characters (None = whole)")
@@ -67,7 +70,7 @@ class BenchConfig(BaseModel):
         out = {}
         for n in names:
             entry = self.datasets.get(n) or DatasetEntry()
-            domain = entry.domain or DOMAINS.get(n)
+            domain = entry.domain or builtin_domains().get(n)
             if domain is None:
                 raise ValueError(f"dataset {n!r} has no domain: give `datasets: {{{n}: {{domain: ...}}}}`")
             out[n] = domain

@@ -1,6 +1,6 @@
 """The benchmark's settings matrix: which data a model is fine-tuned on before it scores a target.
 
-Domains are a declarative table (``DOMAINS``; a bench config may add datasets or folders with
+Domains come from the dataset table (``DatasetSpec.domain``, :func:`builtin_domains`; a bench config may add datasets or folders with
 their domain). A setting turns (target, all datasets) into one or more *plans*; a plan is a list
 of stages, each stage a list of datasets fine-tuned on together. Names say what a setting is;
 the paper's letters are in docs/bench.md where the paper defines them.
@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 # The built-in domain table; bench configs extend it with `datasets: {name_or_folder: {domain: ...}}`.
-DOMAINS: dict[str, str] = {
-    "movielens-100k": "movies",
-    "movielens-1m": "movies",
-    "amazon-beauty": "e-commerce/beauty",
-    "amazon-sports": "e-commerce/sports",
-}
+def builtin_domains() -> dict[str, str]:
+    """Domain of every registered dataset (``DatasetSpec.domain`` in recfm.data.registry)."""
+    from recfm.data.registry import DATASETS
+
+    return {name: spec.domain for name, spec in DATASETS.items()}
 
 SETTINGS = ("zero_shot", "target", "same_domain_other", "other_domain", "domain_all", "zero_resource", "all",
             "two_stage")

@@ -62,7 +62,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from recfm.data.cache import atomic_directory, atomic_write_json, cache_key, cache_root
+from recfm.data.cache import cache_key, cache_root
+from recfm.atomic import atomic_directory, atomic_write_json
 from recfm.data.dataset import SequenceDataset
 
 PAIRS_FORMAT_VERSION = 1
@@ -83,7 +84,7 @@ class ClickTaskConfig(BaseModel):
         5, ge=1, description="train split: most recent training positions used per user (None = all)"
     )
     max_users: int | None = Field(None, ge=1, description="keep a seeded sample of at most this many users (None = all)")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="seed of the negative sampling and user samples")
 
 
 @dataclass(eq=False)

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from recfm.errors import RecfmError
-from recfm.data.cache import atomic_directory, cache_key, cache_root, fingerprint_files
+from recfm.data.cache import cache_key, cache_root, fingerprint_files
+from recfm.atomic import atomic_directory
 from recfm.data.dataset import concat_datasets, FORMAT_VERSION, SequenceDataset
 from recfm.data.preprocess import PrepConfig, preprocess
 from recfm.data.sources import FORMATS, detect_format

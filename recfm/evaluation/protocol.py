@@ -28,7 +28,7 @@ class Protocol(BaseModel):
         False, description="remove the case's history items from the ranking (a target seen before then counts as a miss)"
     )
     depth: int | None = Field(None, ge=1, description="list length requested from the model; MRR is computed within it")
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="histories per recommend() call while scoring")
     selection_metric: str = Field("ndcg@10", description="validation metric used for early stopping and model selection")
     max_cases: int | None = Field(
         None, ge=1, description="final scores of a run on a seeded sample of this many cases per split (None = every "

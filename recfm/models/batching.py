@@ -26,18 +26,25 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
+    """``[len(rows), longest]`` LongTensor of ``rows`` padded with ``value`` on the right (or the
+    left); at least one column, so a batch of empty rows is still a tensor. The one padding helper:
+    token batches, ID tables and label rows (``value=-100``) all go through it."""
+    width = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), max(width, 1)), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            cols = slice(width - len(r), width) if left else slice(0, len(r))
+            out[i, cols] = torch.as_tensor(r, dtype=torch.long)
+    return out
+
+
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) of ``seqs`` padded to the longest on ``side`` ("left" or "right")."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        if not seq:
-            raise ValueError("cannot batch an empty token sequence")
-        cols = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
-        ids[row, cols] = torch.as_tensor(seq, dtype=torch.long)
-        mask[row, cols] = 1
-    return ids, mask
+    if any(len(s) == 0 for s in seqs):
+        raise ValueError("cannot batch an empty token sequence")
+    left = side == "left"
+    return pad_rows(seqs, pad_id, left=left), pad_rows([[1] * len(s) for s in seqs], 0, left=left)
 
 
 def length_groups(lengths: Sequence[int], slack: float = 1.25) -> list[list[int]]:

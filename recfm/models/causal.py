@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from recfm.models.loading import _transformers
+from recfm.models.loading import import_transformers
 
 log = logging.getLogger("recfm.models")
 
@@ -18,7 +18,7 @@ def build_causal_lm(tokenizer, *, hidden_size: int = 128, num_layers: int = 2, n
     """A randomly initialised ``LlamaForCausalLM`` with its vocabulary sized to ``tokenizer``; pad and
     eos ids come from the tokenizer; ``seed`` makes the initialisation reproducible without touching
     the global RNG."""
-    tf = _transformers()
+    tf = import_transformers()
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer needs pad and eos tokens (train_tokenizer gives both)")
     if hidden_size % num_heads:

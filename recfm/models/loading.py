@@ -30,7 +30,8 @@ from typing import Any, Iterator
 
 import torch
 
-from recfm.data.cache import atomic_directory, cache_key, cache_root
+from recfm.data.cache import cache_key, cache_root
+from recfm.atomic import atomic_directory
 from recfm.models.registry import ALIASES, ModelNotAvailableError, resolve_alias
 
 log = logging.getLogger("recfm.models")
@@ -42,7 +43,8 @@ CONVERSION_MARKER = "recfm-conversion.json"
 _REQUIRED = "transformers tokenizers safetensors gguf sentencepiece"
 
 
-def _transformers():
+def import_transformers():
+    """transformers, or a one-line error saying how to install it."""
     try:
         import transformers
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -198,7 +200,7 @@ def _parse_gguf_once() -> Iterator[None]:
 
 def _load_from_gguf(gguf_path: Path):
     """(model, tokenizer) read from a GGUF file by transformers, every weight dequantized."""
-    tf = _transformers()
+    tf = import_transformers()
     try:
         import gguf  # noqa: F401
     except ImportError as e:
@@ -262,7 +264,7 @@ def convert_gguf(gguf_path: str | Path, alias: str | None = None, force: bool = 
             "source_bytes": gguf_path.stat().st_size,
             "alias": alias,
             "conversion_version": CONVERSION_VERSION,
-            "transformers": _transformers().__version__,
+            "transformers": import_transformers().__version__,
             "seconds": round(time.perf_counter() - t0, 1),
         }
         (tmp / CONVERSION_MARKER).write_text(json.dumps(meta, indent=2) + "\n")
@@ -277,7 +279,7 @@ def convert_gguf(gguf_path: str | Path, alias: str | None = None, force: bool = 
 
 def _load_pair(auto_model, source, what: str, label: str, name_or_path, dtype, device, padding_side, pad_model: bool):
     """Model + tokenizer from ``source``, tokenizer padded, model placed and in eval mode."""
-    tf = _transformers()
+    tf = import_transformers()
     t0 = time.perf_counter()
     model = _from_pretrained(getattr(tf, auto_model), source, what, dtype=_as_dtype(dtype))
     tokenizer = _from_pretrained(tf.AutoTokenizer, source, what)
@@ -352,7 +354,7 @@ def load_seq2seq(
 
 def load_tokenizer(name_or_path: str | Path, padding_side: str | None = None):
     """Just the tokenizer of an alias, GGUF file, folder or hub name (pad token ensured)."""
-    tf = _transformers()
+    tf = import_transformers()
     entry = resolve_alias(str(name_or_path))
     if entry is not None:
         source = (convert_gguf(entry.locate(), entry.alias) if entry.gguf else entry.locate())

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 import torch
 
-from recfm.models.loading import _transformers
+from recfm.models.loading import import_transformers
 
 log = logging.getLogger("recfm.models")
 
@@ -59,7 +59,7 @@ def train_tokenizer(
     fewer pieces. Saved with ``save_pretrained`` it reloads with ``AutoTokenizer.from_pretrained``;
     if ``output_dir`` is given it is saved there.
     """
-    _transformers()
+    import_transformers()
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -153,7 +153,7 @@ def build_seq2seq(size: str, tokenizer, *, seed: int | None = None, **overrides)
     ``overrides`` are T5Config fields (e.g. ``dropout_rate=0.0``); ``seed`` makes the
     initialisation reproducible without touching the global RNG.
     """
-    tf = _transformers()
+    tf = import_transformers()
     if size not in SEQ2SEQ_SIZES:
         raise ValueError(f"unknown seq2seq size {size!r}; choose one of {sorted(SEQ2SEQ_SIZES)}")
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from recfm.compute import eval_mode
 from recfm.evaluation.metrics import metrics_from_ranks
 from recfm.multitask.records import EmbRecord, GenRecord
 
@@ -84,11 +85,7 @@ def score_tasks(model, test: dict[str, Sequence], kinds: dict[str, str], limit: 
         records = list(records)[:limit] if limit else list(records)
         if not records:
             continue
-        was = model.model.training
-        model.model.eval()
-        try:
+        with eval_mode(model.model):
             out[task] = (generative_scores(model, records) if kinds[task] == "generative"
                          else embedding_scores(model, records))
-        finally:
-            model.model.train(was)
     return out

@@ -36,7 +36,7 @@ class MultiTaskModelConfig(BaseModel):
 
     backbone: str = Field("smollm2-135m-instruct", description="alias, folder or hub name of a causal LM")
     adapter: Literal["tmole", "lora"] = Field("tmole", description="lora = one shared expert, no routing (the ablation)")
-    tmole: TMoLEConfig = Field(default_factory=TMoLEConfig)
+    tmole: TMoLEConfig = Field(default_factory=TMoLEConfig, description="task-routed LoRA experts")
     temperature: float = Field(0.05, gt=0, description="InfoNCE temperature")
     max_length: int = Field(512, ge=16, description="prompts are cut from the left (the oldest history) to this")
     autocast: Literal["bf16"] | None = Field(None, description="bf16 mixed precision for the forward passes (CPU speed)")

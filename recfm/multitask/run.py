@@ -27,6 +27,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from recfm.atomic import atomic_write_json, atomic_write_text
 from recfm.errors import RecfmError
 from recfm import distributed
 from recfm.multitask.records import EMB_TASKS, GEN_TASKS, SPLITS, MovieLensTasks, TaskConfig, read_records, write_records
@@ -54,19 +55,20 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: str = Field("movielens", description="'movielens' (built here) or a folder of RecFound JSONL files")
-    tasks: list[str] = Field(default_factory=lambda: list(GEN_TASKS + EMB_TASKS))
+    tasks: list[str] = Field(default_factory=lambda: list(GEN_TASKS + EMB_TASKS), description="the tasks trained and "
+                             "scored (docs/multitask.md)")
     build: dict[str, Any] = Field(default_factory=dict, description="TaskConfig fields (history_len, max_records, ...)")
 
 
 class MultiTaskRunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    data: DataConfig = Field(default_factory=DataConfig)
-    train: MultiTaskConfig = Field(default_factory=MultiTaskConfig)
+    data: DataConfig = Field(default_factory=DataConfig, description="where the task records come from")
+    train: MultiTaskConfig = Field(default_factory=MultiTaskConfig, description="model, sampler, merging, steps")
 
 
 def load_run_config(path: Path | None, overrides: dict | None = None) -> MultiTaskRunConfig:
-    from recfm.config import deep_merge
+    from recfm.overrides import deep_merge
 
     data = yaml.safe_load(Path(path).read_text()) if path else {}
     return MultiTaskRunConfig.model_validate(deep_merge(data or {}, overrides or {}))
@@ -92,7 +94,7 @@ def build_records(data: DataConfig, cache_root: Path) -> dict[str, dict[str, lis
         if distributed.is_main():  # the other processes built the same records; one writes them
             counts = {t: {s: write_records(rs, folder / f"{t}.{s}.jsonl") for s, rs in splits.items()}
                       for t, splits in built.items()}
-            (folder / "done.json").write_text(json.dumps(counts, indent=2))
+            atomic_write_json(folder / "done.json", counts)
         return built
     return {t: {s: read_records(folder / f"{t}.{s}.jsonl") for s in SPLITS} for t in data.tasks}
 
@@ -219,7 +221,7 @@ def train_run(config: MultiTaskRunConfig, output: Path, records=None, model=None
         _check_resumable(config, output)
     if main:
         output.mkdir(parents=True, exist_ok=True)
-        (output / "config.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+        atomic_write_text(output / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
     records = records if records is not None else build_records(config.data, output.parent)
     if model is None:
         with torch.random.fork_rng(devices=[]):  # the adapters' initial weights follow the run's seed
@@ -228,14 +230,14 @@ def train_run(config: MultiTaskRunConfig, output: Path, records=None, model=None
     history = train_multitask(records, config.train, model, output, resume=resume)
     if not main:  # the weights are the same in every process; process 0 scores and writes
         return {"steps": len(history["steps"]), "process": distributed.rank()}
-    (output / "history.json").write_text(json.dumps(history))
+    atomic_write_text(output / "history.json", json.dumps(history))
     plot_sample_ratios(history, output / "sample_ratios.png")
     routing = model.tmole.routing().numpy()
     np.save(output / "routing.npy", routing)
     plot_routing_similarity(routing, [t.name for t in model.tasks], output / "routing_similarity.png")
     metrics = {"tasks": _score(model, records, config), "train_seconds": history["train_seconds"],
                "steps": len(history["steps"]), "stopped": history.get("stopped", "completed")}
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_json(output / "metrics.json", metrics)
     shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
     return metrics
 
@@ -269,13 +271,13 @@ def zero_shot(config: MultiTaskRunConfig, output: Path) -> dict:
     model = load_multitask_model(task_specs(records), config.train.model)
     metrics = {"tasks": _score(model, records, config), "train_seconds": 0, "steps": 0}
     output.mkdir(parents=True, exist_ok=True)
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_json(output / "metrics.json", metrics)
     return metrics
 
 
 def ablation(config: MultiTaskRunConfig, output: Path, variants: list[str] | None = None) -> Path:
     """Zero-shot backbone + every variant (each skipped if its metrics.json exists); writes table.md."""
-    from recfm.config import deep_merge
+    from recfm.overrides import deep_merge
     from recfm.multitask.trainer import CHECKPOINTS
 
     names = variants or DEFAULT_VARIANTS
@@ -301,7 +303,7 @@ def ablation(config: MultiTaskRunConfig, output: Path, variants: list[str] | Non
     if not main:
         return output / "table.md"
     table = ablation_table(results)
-    (output / "table.md").write_text(table + "\n")
+    atomic_write_text(output / "table.md", table + "\n")
     return output / "table.md"
 
 

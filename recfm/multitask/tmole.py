@@ -44,7 +44,8 @@ class TMoLEConfig(BaseModel):
     n_shared: int = Field(2, ge=0, description="experts every task uses")
     task_dim: int = Field(512, ge=1, description="task embedding size (paper: 512)")
     router_hidden: int = Field(64, ge=1, description="hidden width of each projection's router MLP")
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                      description="names of the nn.Linear layers that get experts")
     last_layers: int | None = Field(
         None, ge=1, description="adapt only the top N transformer layers (None = all, as the paper): a CPU "
         "saving, the backward pass stops below them",

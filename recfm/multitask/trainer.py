@@ -44,22 +44,22 @@ log = logging.getLogger("recfm.multitask")
 class MultiTaskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: MultiTaskModelConfig = Field(default_factory=MultiTaskModelConfig)
+    model: MultiTaskModelConfig = Field(default_factory=MultiTaskModelConfig, description="backbone and TMoLE experts")
     scheduler: str = Field("s2sched", pattern="^(s2sched|uniform)$", description="uniform = the w/o S2Sched ablation")
-    s2sched: S2SchedConfig = Field(default_factory=S2SchedConfig)
+    s2sched: S2SchedConfig = Field(default_factory=S2SchedConfig, description="the convergence-aware task sampler")
     merge: bool = Field(True, description="TIES-merge the kept checkpoints (false = the w/o merge ablation)")
     checkpoints: int = Field(3, ge=1, description="adapter snapshots kept in the second half of training")
     merge_density: float = Field(0.8, gt=0, le=1, description="share of each task vector kept by TIES")
-    steps: int = Field(200, ge=1)
+    steps: int = Field(200, ge=1, description="optimizer steps")
     gen_batch: int = Field(8, ge=1, description="generative records per step (B^(G))")
     emb_batch: int = Field(8, ge=1, description="embedding records per step (B^(E))")
-    lr: float = Field(2e-4, gt=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    lr: float = Field(2e-4, gt=0, description="AdamW learning rate of the experts")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient-norm clip")
     max_minutes: float | None = Field(None, gt=0, description="stop training after this long (wall clock)")
     eval_records: int | None = Field(200, ge=1, description="test records scored per task (None = all)")
     checkpoint_every: int = Field(25, ge=0, description="write a resumable checkpoint every this many steps (0 = never)")
-    num_threads: int | None = Field(None, ge=1)
-    seed: int = 0
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = the recfm default")
+    seed: int = Field(0, description="seed of initialisation and task sampling")
     report_to: ReportTo = Field("none", description=REPORT_TO_HELP)
 
 
@@ -193,7 +193,7 @@ def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig
                     and step < config.steps and distributed.is_main():
                 state.save(folder, step, time.perf_counter() - t0)
             out_of_time = config.max_minutes is not None and (time.perf_counter() - t0) / 60 >= config.max_minutes
-            if distributed.all_sum(float(out_of_time))[0] > 0:  # clocks differ between processes: stop together
+            if distributed.any_process(out_of_time):  # clocks differ between processes: stop together
                 history["stopped"] = f"time limit ({config.max_minutes} min) at step {step}"
                 break
         bar.close()

@@ -22,8 +22,11 @@ from typing import Sequence
 
 import numpy as np
 
+from recfm.errors import RecfmError
+from recfm.runs import RunError, load_run
 
-class RequestError(ValueError):
+
+class RequestError(RecfmError, ValueError):
     """A request the client can fix; ``status`` is the HTTP status the server answers with and
     ``details`` (optional) extra fields of the JSON error body (e.g. the candidates of a title)."""
 
@@ -194,8 +197,6 @@ class RecommendationService:
     @classmethod
     def from_run(cls, run_dir: str | Path, limits: Limits | None = None,
                  allow_data_change: bool = False) -> "RecommendationService":
-        from recfm.runs import load_run
-
         run, data, model = load_run(Path(run_dir), allow_data_change=allow_data_change)
         return cls(model, data, model_name=run.model["name"], run_dir=str(run_dir), limits=limits)
 
@@ -305,3 +306,35 @@ class RecommendationService:
             raise RequestError(f"the {self.model_name} model of this run has no embeddings (generative models "
                                "answer /recommend only)", status=501)
         return np.asarray(self.model.embed(histories), dtype=np.float32)
+
+
+def recommend_items(run_dir: Path, history: list[str] | None = None, k: int = 10, *, user: str | None = None,
+                    titles: list[str] | None = None, fuzzy: bool = False,
+                    exclude_history: bool = False, allow_data_change: bool = False) -> dict:
+    """Top-k items of a trained run for a history of the dataset's item ids, of free-text ``titles``
+    (each matched to the catalog as by ``recfm serve``: without an exact or high-confidence match
+    it is refused with its candidates unless ``fuzzy``; ``resolved`` shows each match and score),
+    or for a dataset user (their test-time history: every item but the held-out last one, shown as
+    ``held_out``). ``exclude_history`` defaults to False here (as the evaluation protocol), while
+    the server's defaults to true. k is at most the run's search beam for a textid run."""
+    service = RecommendationService.from_run(run_dir, allow_data_change=allow_data_change)
+    data = service.data
+    held_out = resolved = None
+    try:
+        if user is not None:
+            if user not in data.user_ids:
+                raise RunError(f"user {user!r} is not in {data.name} (e.g. {', '.join(data.user_ids[:3])})")
+            seq = data.sequence(data.user_ids.index(user)).tolist()
+            hist, held_out = seq[:-1], seq[-1]
+            if not hist:
+                raise RunError(f"user {user!r} has a single item: no history to recommend from")
+        elif titles is not None:
+            hist, resolved = service.resolve_history(titles=titles, fuzzy=fuzzy, cli=True)
+        else:
+            hist = service.resolve(item_ids=history or [])
+        [recs] = service.recommend([hist], [service.check_k(k)], [exclude_history])
+    except RequestError as e:
+        raise RunError(str(e)) from None
+    return {"run": str(run_dir), "model": service.model_name, "dataset": data.name,
+            "history": [service.describe(i) for i in hist], "resolved": resolved,
+            "held_out": service.describe(held_out) if held_out else None, "recommendations": recs}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -22,7 +20,7 @@ class TextIDConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = "textid"
+    name: str = Field("textid", description="the model-table row (recfm models)")
     formulation: Literal["prompt", "items", "sequence"] = Field(
         "prompt", description="prompt: the paper's one prompt per history prefix through a language model; items: "
         "history items as positions of a causal transformer, the next ID decoded word by word, every next-item "
@@ -46,10 +44,13 @@ class TextIDConfig(BaseModel):
     vocab_size: int = Field(8000, ge=64, description="catalog tokenizer size (t5-*-scratch backbones without a "
                             "pretrained generator)")
     lora_r: int = Field(0, ge=0, description=">0: train LoRA adapters of this rank (peft) instead of all weights")
-    lora_alpha: int = Field(32, ge=1)
-    initial_ids: InitialIds = Field(default_factory=InitialIds)
-    unique: UniqueIdConfig = Field(default_factory=UniqueIdConfig)
-    prompt_ids: Literal["item", "user", "both"] = "both"
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)")
+    initial_ids: InitialIds = Field(default_factory=InitialIds, description="where the first item IDs come from "
+                                    "(a table, extractive words, LLM keywords)")
+    unique: UniqueIdConfig = Field(default_factory=UniqueIdConfig, description="Algorithm 1: diverse beam search "
+                                   "for unique generated IDs")
+    prompt_ids: Literal["item", "user", "both"] = Field(
+        "both", description="formulation prompt: what the prompt holds, the history's item IDs, a user ID, or both")
     strategy: Literal["rec_only", "id_only", "alternate"] = Field(
         "alternate", description="alternate: recommender and ID generator take turns (the paper); rec_only: the "
         "recommender on the initial IDs; id_only: only the generator, through the recommender as built")
@@ -71,21 +72,23 @@ class TextIDConfig(BaseModel):
         "recommendation loss only)")
     gen_max_instances: int | None = Field(None, ge=1, description="cap on training instances per generator epoch")
     warm_start_epochs: int = Field(1, ge=0, description="generator epochs on (item text -> initial ID) first")
-    warm_start_lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
+    warm_start_lr: float = Field(1e-3, gt=0, description="generator learning rate of the warm start")
+    batch_size: int = Field(64, ge=1, description="training prompts (formulation prompt) or windows per step")
     max_history: int = Field(20, ge=1, description="most recent history items in a prompt")
     max_instances_per_user: int | None = Field(None, ge=1, description="train on each user's most recent prefixes only")
-    max_prompt_tokens: int = Field(512, ge=16)
-    num_beams: int = Field(20, ge=1)
-    eval_template: int = Field(0, ge=0, lt=len(TEMPLATES))
-    eval_batch_size: int = Field(64, ge=1)
+    max_prompt_tokens: int = Field(512, ge=16, description="prompts are cut to this many tokens (oldest items first)")
+    num_beams: int = Field(20, ge=1, description="beam of the trie-constrained search; the most items a request gets")
+    eval_template: int = Field(0, ge=0, lt=len(TEMPLATES), description="formulation prompt: the template scored at "
+                               "evaluation (training draws from all)")
+    eval_batch_size: int = Field(64, ge=1, description="histories per beam search batch")
     valid_sample: int = Field(0, ge=0, description="validation cases used for epoch selection (0 = all)")
-    eval_every: int = Field(1, ge=1)
-    patience: int = Field(3, ge=1)
-    max_train_minutes: float | None = Field(None, gt=0)
-    num_threads: int | None = Field(None, ge=1)
-    device: str = "cpu"
-    seed: int = 0
+    eval_every: int = Field(1, ge=1, description="validate every this many recommender epochs")
+    patience: int = Field(3, ge=1, description="stop after this many validations without a better NDCG@10")
+    max_train_minutes: float | None = Field(None, gt=0, description="wall-clock training budget (the clock is read "
+                                             "after every step); the best epoch so far is kept")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = the recfm default")
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1', ...")
+    seed: int = Field(0, description="seed of weight initialisation, data order and sampling")
     report_to: ReportTo = Field("none", description=REPORT_TO_HELP)
 
     @model_validator(mode="after")
@@ -99,21 +102,3 @@ class TextIDConfig(BaseModel):
         if self.formulation != "sequence" and self.backbone == SCRATCH_BACKBONE:
             raise ValueError(f"backbone {SCRATCH_BACKBONE!r} is built for formulation 'sequence'")
         return self
-
-
-@dataclass
-class Catalog:
-    """What the text-based model knows of a dataset's items (never its interactions)."""
-
-    item_keys: list[str]
-    texts: list[str]
-    titles: list[str]
-    source_dir: Path | None = None
-
-    @classmethod
-    def of(cls, data, source_dir: Path | None = None) -> "Catalog":
-        return cls(list(data.item_ids), list(data.item_text), list(data.item_titles), source_dir)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_keys)

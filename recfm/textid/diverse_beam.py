@@ -54,6 +54,7 @@ from typing import Sequence
 
 import torch
 
+from recfm.models.batching import pad_batch
 from recfm.textid.ids import normalize_id
 
 _INACTIVE = -1e9  # score of the not-yet-used beams of a group at step 0 (as transformers 4 did)
@@ -212,12 +213,7 @@ class _Seq2SeqStepper:
         self.model = model
         self.rows_per_item = rows_per_item
         device = next(model.parameters()).device
-        n, length = len(sources), max(len(s) for s in sources)
-        ids = torch.full((n, length), pad, dtype=torch.long)
-        mask = torch.zeros((n, length), dtype=torch.long)
-        for i, s in enumerate(sources):  # right padding, whatever the tokenizer's side
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+        ids, mask = pad_batch(sources, pad, "right")  # right padding, whatever the tokenizer's side
         ids, mask = ids.to(device), mask.to(device)
         hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
         self.encoder_outputs = BaseModelOutput(last_hidden_state=hidden)
@@ -226,7 +222,7 @@ class _Seq2SeqStepper:
         start = model.config.decoder_start_token_id
         if start is None:
             start = pad
-        self.next_tokens = torch.full((n, 1), int(start), dtype=torch.long, device=device)
+        self.next_tokens = torch.full((len(sources), 1), int(start), dtype=torch.long, device=device)
         self._expanded = False
 
     def logits(self) -> torch.Tensor:

@@ -20,6 +20,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from recfm.models.batching import pad_rows
+from recfm.compute import eval_mode
 from recfm.textid.diverse_beam import diverse_beam_search
 from recfm.textid.ids import normalize_id
 from recfm.textid.unique_ids import (
@@ -109,9 +111,7 @@ class IDGenerator:
         eos = tok.eos_token_id
         tgt = tok(list(targets), add_special_tokens=False)["input_ids"]
         tgt = [x[: self.max_target_length - 1] + [eos] for x in tgt]
-        labels = torch.full((len(tgt), max(len(x) for x in tgt)), -100, dtype=torch.long)
-        for i, x in enumerate(tgt):
-            labels[i, : len(x)] = torch.tensor(x)
+        labels = pad_rows(tgt, -100)
         dev = self.device
         return {"input_ids": src["input_ids"].to(dev), "attention_mask": src["attention_mask"].to(dev),
                 "labels": labels.to(dev)}
@@ -119,17 +119,13 @@ class IDGenerator:
     @torch.no_grad()
     def loss(self, texts: Sequence[str], targets: Sequence[str], batch_size: int = 64) -> float:
         """Mean teacher-forced cross-entropy per target token (eval mode, no dropout)."""
-        was = self.model.training
-        self.model.eval()
         total, count = 0.0, 0
-        try:
+        with eval_mode(self.model):
             for s in range(0, len(texts), batch_size):
                 b = self._batch(texts[s : s + batch_size], targets[s : s + batch_size])
                 n = int((b["labels"] != -100).sum())
                 total += float(self.model(**b).loss) * n
                 count += n
-        finally:
-            self.model.train(was)
         return total / max(count, 1)
 
     def warm_start(self, texts: Sequence[str], targets: Sequence[str], epochs: int = 1, lr: float = 1e-3,

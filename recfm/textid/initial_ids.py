@@ -52,17 +52,23 @@ class InitialIds(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["table", "extractive", "keywords_llm"] = "extractive"
-    path: str | None = None
-    max_words: int = Field(4, ge=1)
-    model: str = "smollm2-135m-instruct"
-    num_keywords: int = Field(3, ge=1)
-    system: str = DEFAULT_KEYWORD_SYSTEM
-    shots: list[tuple[str, str]] = Field(default_factory=lambda: list(DEFAULT_KEYWORD_SHOTS))
-    batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(20, ge=1)
-    max_prompt_chars: int = Field(600, ge=16)
-    unique: bool | None = None
+    kind: Literal["table", "extractive", "keywords_llm"] = Field(
+        "extractive", description="table: read an ID file; extractive: TF-IDF salient words of the item text; "
+        "keywords_llm: keywords written by a pretrained causal LM")
+    path: str | None = Field(None, description="kind=table: the ID file (lines 'ITEM_KEY word word ...'); "
+                             "'dataset:NAME' is a file inside the dataset's folder")
+    max_words: int = Field(4, ge=1, description="kind=extractive (and the fallback of the others): words per ID")
+    model: str = Field("smollm2-135m-instruct", description="kind=keywords_llm: the causal LM (an offline alias, a "
+                       "folder or a hub name)")
+    num_keywords: int = Field(3, ge=1, description="kind=keywords_llm: keywords asked for per item")
+    system: str = Field(DEFAULT_KEYWORD_SYSTEM, description="kind=keywords_llm: the system prompt")
+    shots: list[tuple[str, str]] = Field(default_factory=lambda: list(DEFAULT_KEYWORD_SHOTS),
+                                         description="kind=keywords_llm: (item text, keywords) example pairs")
+    batch_size: int = Field(16, ge=1, description="kind=keywords_llm: prompts per generation batch")
+    max_new_tokens: int = Field(20, ge=1, description="kind=keywords_llm: most tokens an answer may have")
+    max_prompt_chars: int = Field(600, ge=16, description="kind=keywords_llm: item text cut to this many characters")
+    unique: bool | None = Field(None, description="apply the suffix rule (make_unique) to the result; None = only "
+                                "for kind=table")
 
     @model_validator(mode="after")
     def _check(self) -> "InitialIds":

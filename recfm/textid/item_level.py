@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from recfm.compute import eval_mode
+from recfm.models.batching import pad_rows
 from recfm.data.windows import pad_right
 from recfm.recommender import TopK
 from recfm.textid.ids import normalize_id
@@ -179,8 +181,8 @@ class ItemLevelRecommender:
     @items.setter
     def items(self, table: ItemIdTable) -> None:
         self._items = table
-        self.id_tokens = pad_words(table.tokens)
-        self.targets = pad_words([t + [EOS] for t in table.tokens])  # what the decoder writes per item
+        self.id_tokens = pad_rows(table.tokens, PAD)
+        self.targets = pad_rows([t + [EOS] for t in table.tokens], PAD)  # what the decoder writes per item
 
     @property
     def n_items(self) -> int:
@@ -230,20 +232,16 @@ class ItemLevelRecommender:
                   exclude: Sequence[Collection[int]] | None = None) -> TopK:
         """Top-k items by beam search over the ID trie with the fixed beam ``search_beam`` (a k above it
         is searched with a beam of k). Scores are log-probabilities of the whole ID."""
-        was = self.model.training
-        self.model.eval()
         items = np.zeros((len(histories), k), dtype=np.int64)
         scores = np.full((len(histories), k), -np.inf, dtype=np.float32)
         lengths = np.array([min(len(h), self.max_len) for h in histories])
         order = np.argsort(lengths, kind="stable")
-        try:
+        with eval_mode(self.model):
             for lo in range(0, len(order), self.eval_batch_size):
                 rows = order[lo : lo + self.eval_batch_size]
                 ex = [exclude[i] for i in rows] if exclude is not None else None
                 top_items, top_scores = self._search([histories[i] for i in rows], k, max(k, self.search_beam), ex)
                 items[rows], scores[rows] = top_items, top_scores
-        finally:
-            self.model.train(was)
         return TopK(items=items, scores=scores)
 
     def _search(self, histories, k: int, beam: int, exclude) -> tuple[np.ndarray, np.ndarray]:
@@ -318,25 +316,23 @@ class ItemLevelRecommender:
         """``[B, n_items + 1]``: every item's constrained ID log-probability after each history, by
         teacher forcing each item's whole ID (column 0, padding, is -inf). The slow reference that beam
         search is tested against: a beam at least as wide as the catalog returns exactly its top k."""
-        was = self.model.training
-        self.model.eval()
-        dev, trie = self.device, self.items.trie.to(self.device)
-        seqs, last = pad_right(histories, self.max_len)
-        seqs, last = seqs.to(dev), last.to(dev)
-        states = self.model.encode(seqs, self.id_tokens.to(dev))[torch.arange(len(histories), device=dev), last]
-        targets = self.targets[1:].to(dev)
-        n = targets.shape[0]
-        out = torch.full((len(histories), n + 1), -torch.inf, device=dev)
-        nodes = prefix_states(trie, targets)
-        free = free_positions(trie, nodes, targets != PAD)
-        previous = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
-        words = self.model.decoder_words()
-        for b in range(len(histories)):
-            dec = self.model.decode(states[b].expand(n, -1), previous, words)
-            lp = torch.zeros(targets.shape, device=dev)
-            lp[free] = trie_log_probs(dec[free], nodes[free], targets[free], words, self.model.out_bias, trie)
-            out[b, 1:] = lp.sum(1)
-        self.model.train(was)
+        with eval_mode(self.model):
+            dev, trie = self.device, self.items.trie.to(self.device)
+            seqs, last = pad_right(histories, self.max_len)
+            seqs, last = seqs.to(dev), last.to(dev)
+            states = self.model.encode(seqs, self.id_tokens.to(dev))[torch.arange(len(histories), device=dev), last]
+            targets = self.targets[1:].to(dev)
+            n = targets.shape[0]
+            out = torch.full((len(histories), n + 1), -torch.inf, device=dev)
+            nodes = prefix_states(trie, targets)
+            free = free_positions(trie, nodes, targets != PAD)
+            previous = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
+            words = self.model.decoder_words()
+            for b in range(len(histories)):
+                dec = self.model.decode(states[b].expand(n, -1), previous, words)
+                lp = torch.zeros(targets.shape, device=dev)
+                lp[free] = trie_log_probs(dec[free], nodes[free], targets[free], words, self.model.out_bias, trie)
+                out[b, 1:] = lp.sum(1)
         return out
 
     # -- zero-shot ---------------------------------------------------------------------------
@@ -391,11 +387,3 @@ class ItemLevelRecommender:
 def is_item_level(directory: Path) -> bool:
     meta = Path(directory) / META_FILE
     return meta.is_file() and json.loads(meta.read_text()).get("formulation") == "items"
-
-
-def pad_words(rows: Sequence[Sequence[int]]) -> torch.Tensor:
-    width = max((len(r) for r in rows), default=1) or 1
-    out = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-    return out

@@ -20,6 +20,8 @@ from typing import Callable, Collection, Sequence
 import numpy as np
 import torch
 
+from recfm.compute import eval_mode
+from recfm.models.batching import pad_rows
 from recfm.data.windows import epoch_batches
 from recfm.recommender import TopK
 from recfm.textid.ids import normalize_id
@@ -113,18 +115,6 @@ class ItemIdTable:
             keys.append(parts[0])
             ids.append(parts[1])
         return keys, ids
-
-
-def pad_rows(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:
-    width = max((len(r) for r in rows), default=0)
-    out = torch.full((len(rows), max(width, 1)), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            if left:
-                out[i, width - len(r) :] = torch.as_tensor(r)
-            else:
-                out[i, : len(r)] = torch.as_tensor(r)
-    return out
 
 
 class TextIDRecommender:
@@ -255,13 +245,11 @@ class TextIDRecommender:
         beam of k, whose top items may then differ from those of the fixed beam."""
         from recfm.textid.constrained import constrained_topk
 
-        was = self.model.training
-        self.model.eval()
         items = np.zeros((len(histories), k), dtype=np.int64)
         scores = np.full((len(histories), k), -np.inf, dtype=np.float32)
         # Similar lengths together: less padding in the encoder and in every beam step.
         order = sorted(range(len(histories)), key=lambda i: len(self.window(histories[i])))
-        try:
+        with eval_mode(self.model):
             for s in range(0, len(order), self.eval_batch_size):
                 rows = order[s : s + self.eval_batch_size]
                 prompts = self.prompts([histories[i] for i in rows])
@@ -279,8 +267,6 @@ class TextIDRecommender:
                 )
                 items[rows] = top_items.numpy()
                 scores[rows] = top_scores.numpy()
-        finally:
-            self.model.train(was)
         return TopK(items=items, scores=scores)
 
     # -- persistence -----------------------------------------------------------------------

@@ -39,10 +39,12 @@ from recfm.compute import training_context
 from recfm.curves import TrainingHistory
 from recfm.data.split import LeaveOneOut
 from recfm.evaluation.protocol import Protocol, evaluate
+from recfm.recommender import TrainableRecommender
 from recfm.data.windows import training_windows
 from recfm.textid.backbones import (_is_seq2seq_folder, check_shared_vocabulary, load_backbone, load_generator,
                                     scratch_size)
-from recfm.textid.config import Catalog, TextIDConfig
+from recfm.data.catalog import Catalog
+from recfm.textid.config import TextIDConfig
 from recfm.textid.generator import IDGenerator
 from recfm.textid.ids import make_unique, normalize_id
 from recfm.textid.initial_ids import initial_ids
@@ -90,11 +92,12 @@ def _histories(instances: np.ndarray, rows: np.ndarray, train) -> tuple[list[np.
 
 
 # -- the model-table entry --------------------------------------------------------------------
-class TextIDModel:
+class TextIDModel(TrainableRecommender):
     """IDGenRec behind the model-table contract (``fit`` / ``recommend`` / ``save`` / ``load``)."""
 
     uses_catalog = True
-    writes_history = True  # fit() takes run_dir= and writes history.jsonl / curves.png there (recfm.curves)
+    writes_history = True
+    zero_shot = True  # for_catalog: item IDs come from item text (the generator or the initial-ID rule)
 
     def __init__(self, config: TextIDConfig, n_items: int, catalog: Catalog):
         if catalog.n_items != n_items:
@@ -301,13 +304,13 @@ class TextIDModel:
                 optimizer.step()
                 total += loss * len(rows)
                 count += len(rows)
-                if distributed.all_sum(float(time.perf_counter() - start > budget))[0] > 0:
+                if distributed.any_process(time.perf_counter() - start > budget):
                     break
             bar.close()
             model.eval()
             row = {"round": r, "epoch": epoch, "loss": round(total / max(count, 1), 5),
                    "train_seconds": round(time.perf_counter() - t0, 1)}
-            over = distributed.all_sum(float(time.perf_counter() - start > budget))[0] > 0  # every process agrees
+            over = distributed.any_process(time.perf_counter() - start > budget)
             if epoch % cfg.eval_every == 0 or epoch == cfg.rec_epochs or over:
                 before = best["value"]
                 self._select(r, epoch, valid, protocol, best, history, log_fn, row)

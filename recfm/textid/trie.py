@@ -34,6 +34,8 @@ from typing import Collection, Sequence
 import numpy as np
 import torch
 
+from recfm.errors import RecfmError
+
 DEAD = -1
 
 
@@ -50,7 +52,7 @@ class ExcludedEdges:
     n_prompts: int
 
 
-class DuplicateItemIDError(ValueError):
+class DuplicateItemIDError(RecfmError, ValueError):
     """Two or more items have the same token sequence: textual IDs must be unique.
 
     ``clashes`` lists the groups of item indices that share a sequence."""

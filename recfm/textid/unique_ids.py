@@ -55,9 +55,9 @@ class UniqueIdConfig(BaseModel):
 
     num_groups: int = Field(5, ge=1, description="k: candidates (DBS groups) per generation call")
     beams_per_group: int = Field(1, ge=1, description="beams inside each DBS group")
-    penalty_start: float = Field(0.1, ge=0.0)
-    penalty_step: float = Field(0.1, gt=0.0)
-    penalty_max: float = Field(1.0, ge=0.0)
+    penalty_start: float = Field(0.1, ge=0.0, description="diversity penalty of the first attempt")
+    penalty_step: float = Field(0.1, gt=0.0, description="added to the penalty at each retry")
+    penalty_max: float = Field(1.0, ge=0.0, description="past this penalty the next length range is tried")
     length_ranges: list[tuple[int, int]] = Field(
         default_factory=lambda: [(1, 10), (10, 20)],
         description="half-open ID length ranges in tokens (EOS not counted), tried in order",

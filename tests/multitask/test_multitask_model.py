@@ -110,7 +110,9 @@ def test_losses_choices_and_embeddings(records):
     assert picks == model.choose(gen, batch_size=5)  # left padding + position ids: batching changes nothing
     e = model.embed(["a b", "c"], ["user2item", "query2item"])
     torch.testing.assert_close(e.norm(dim=-1), torch.ones(2))
-    assert model.answer([GenRecord("matching", "", "Record 1", "yes")], max_new_tokens=2)[0] is not None
+    [a] = model.answer([GenRecord("matching", "", "Record 1", "yes")], max_new_tokens=2)
+    assert isinstance(a, str) and len(model.tokenizer.encode(a, add_special_tokens=False)) <= 2
+    assert model.answer([GenRecord("matching", "", "Record 1", "yes")], max_new_tokens=2) == [a]  # greedy: the same
     with pytest.raises(KeyError, match="unknown tasks"):
         model.ids_of(["nope"])
 

