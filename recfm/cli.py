@@ -416,29 +416,11 @@ def demo(
 ) -> None:
     """The main job on real data: Pop and SASRec on MovieLens-1M, then a textual-ID generative
     recommender (IDGenRec) on MovieLens-100K and its recommendations for a real user."""
-    from recfm.model_table import MODELS
-    from recfm.runs import train_run
-    from recfm.serve.service import recommend_items
+    from recfm.demo import run_demo
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
-    plan = [] if skip_baselines else [("pop", None), ("sasrec", configs / f"sasrec-{dataset}-demo.yaml")]
-    rows = []
     with user_errors(), progress_bars() as bars:
-        for model, cfg in plan:
-            if model not in MODELS:
-                console.print(f"[yellow]skipping {model}: not available in this build[/]")
-                continue
-            cfg = cfg if cfg is not None and cfg.is_file() else None
-            console.rule(f"{model} on {dataset}")
-            rows.append(train_run(model, dataset, output / model, cfg, overwrite=True, progress=bars))
-        if rows:
-            _print_metrics_table(rows, title=f"demo: {dataset}, leave-one-out, full ranking")
-        console.rule(f"textid (IDGenRec) on {textid_dataset}")
-        cfg = configs / f"textid-{textid_dataset}-demo.yaml"
-        metrics = train_run("textid", textid_dataset, output / "textid", cfg if cfg.is_file() else None,
-                            overwrite=True, progress=bars)
-        _print_metrics_table([metrics], title=f"demo: textual-ID recommender on {textid_dataset}")
-        result = recommend_items(output / "textid", user=user, k=10)
+        result = run_demo(output, dataset, textid_dataset, user, skip_baselines, progress=bars, section=console.rule,
+                          show_metrics=lambda rows, title: _print_metrics_table(rows, title=title))
     _print_recommendations(result, 10, output / "textid")
 
 

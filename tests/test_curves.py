@@ -111,7 +111,7 @@ def test_report_to_is_checked_and_a_missing_tensorboard_is_one_clear_error(tmp_p
 
 # -- SASRec / GRU4Rec ------------------------------------------------------------------------------
 def test_sasrec_writes_a_line_per_epoch_the_png_and_tensorboard_events(tmp_path):
-    from test_baselines import successor_split
+    from tests.baselines.test_models import successor_split
 
     from recfm.baselines.sasrec import SASRec, SASRecConfig
 
@@ -176,7 +176,7 @@ def test_pop_writes_no_history(tmp_path, monkeypatch):
 
 # -- textid ------------------------------------------------------------------------------------------
 def test_textid_logs_warm_start_recommender_and_generator_epochs_in_order(tmp_path, monkeypatch):
-    from test_textid_rec import tiny_model, write_shop
+    from tests.textid.test_training import tiny_model, write_shop
 
     from recfm.data.registry import load_dataset
 
@@ -204,7 +204,7 @@ def mt_records():
     from movielens_fixture import fake_movielens
     from test_multitask_model import TASKS
 
-    from recfm.multitask.records import MovieLensTasks, TaskConfig
+    from recfm.multitask.movielens_tasks import MovieLensTasks, TaskConfig
 
     ml1m, ml100k = fake_movielens()
     return MovieLensTasks(ml1m, ml100k, TaskConfig(history_len=3, n_options=4, max_records=12)).build(TASKS)

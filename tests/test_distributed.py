@@ -52,7 +52,7 @@ def test_textid_alternate_training_under_two_processes_matches_one(tmp_path):
     """IDGenRec's whole loop (recommender epochs, ID regeneration by Algorithm 1 with candidates generated
     on each process's share of the items, generator epochs through soft IDs, sharded beam-search
     evaluation) in one and in two processes, dropout off: the same IDs, losses within 1e-4 relative."""
-    from test_textid_rec import write_shop
+    from tests.textid.test_training import write_shop
 
     shop = write_shop(tmp_path / "shop")
     overrides = ["backbone=t5-tiny-scratch", "vocab_size=200", "t5={dropout_rate: 0.0}", "generator_dropout=0.0",

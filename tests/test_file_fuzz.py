@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from recfm.bench.tasks import ClickPairs
 from recfm.checkpoint import CheckpointError, load_latest
 from recfm.config import ConfigError, read_yaml
-from recfm.multitask.records import read_records, read_recfound_jsonl
+from recfm.multitask.records import read_records
+from recfm.multitask.recfound_jsonl import read_recfound_jsonl
 from recfm.textid.recommender import ItemIdTable
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=6),

@@ -23,7 +23,7 @@ LAYERS = [
     ("evaluation", ["recfm.evaluation"]),
     ("models", ["recfm.models"]),
     ("methods", ["recfm.baselines", "recfm.textid", "recfm.bench", "recfm.multitask"]),
-    ("runs", ["recfm.model_table", "recfm.config", "recfm.config_docs", "recfm.rundir", "recfm.runs", "recfm.tune",
+    ("runs", ["recfm.model_table", "recfm.config", "recfm.config_docs", "recfm.rundir", "recfm.runs", "recfm.tune", "recfm.demo",
               "recfm.reports", "recfm.batch", "recfm.api", "recfm.serve"]),
     ("cli", ["recfm.cli", "recfm"]),
 ]

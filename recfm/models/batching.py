@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import inspect
+
 import contextlib
 from typing import Sequence
 
+import numpy as np
 import torch
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -61,3 +64,45 @@ def length_groups(lengths: Sequence[int], slack: float = 1.25) -> list[list[int]
         else:
             groups.append([i])
     return groups
+
+
+def unwrap_peft(model):
+    """The transformers model under a peft wrapper (LoRA layers are injected into it in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def forward_params(model) -> set[str]:
+    return set(inspect.signature(unwrap_peft(model).forward).parameters)
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def pad_token_id(tokenizer) -> int:
+    """The pad-id rule of every batch of a pretrained model: the tokenizer's pad token, else its EOS
+    (padding is masked, so any id works, and EOS exists in every causal LM), else 0."""
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of similar length, longest first (an out-of-memory shows up at once)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def batch_progress(total_batches: int, progress: bool | None, desc: str):
+    from tqdm.auto import tqdm
+
+    show = total_batches > 8 if progress is None else progress
+    return tqdm(total=total_batches, desc=desc, unit="batch", leave=False, disable=not show, mininterval=2)
+
+
+def distinct_texts(texts) -> tuple[list[str], list[int]]:
+    """(distinct texts in order of first appearance, index of each input text among them)."""
+    position: dict[str, int] = {}
+    index = [position.setdefault(t, len(position)) for t in texts]
+    return list(position), index

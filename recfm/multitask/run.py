@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from recfm.atomic import atomic_write_json, atomic_write_text
 from recfm.errors import RecfmError
 from recfm import distributed
-from recfm.multitask.records import EMB_TASKS, GEN_TASKS, SPLITS, MovieLensTasks, TaskConfig, read_records, write_records
+from recfm.multitask.records import EMB_TASKS, GEN_TASKS, SPLITS, read_records, write_records
+from recfm.multitask.movielens_tasks import MovieLensTasks, TaskConfig
 from recfm.multitask.trainer import MultiTaskConfig
 
 log = logging.getLogger("recfm.multitask")
@@ -101,7 +102,7 @@ def build_records(data: DataConfig, cache_root: Path) -> dict[str, dict[str, lis
 
 def _recfound_folder(folder: Path, tasks: list[str]) -> dict[str, dict[str, list]]:
     """The published layout: {Generative,Embedding}_dataset_{train,eval,test}.jsonl, tasks mixed."""
-    from recfm.multitask.records import read_recfound_jsonl
+    from recfm.multitask.recfound_jsonl import read_recfound_jsonl
 
     out: dict[str, dict[str, list]] = {}
     for split, name in (("train", "train"), ("valid", "eval"), ("test", "test")):

@@ -118,7 +118,7 @@ def test_negatives_are_reproducible_per_step_and_follow_popularity():
 
 
 # -- the losses inside the trainer -------------------------------------------------------------------
-from test_baselines import MODELS_UNDER_TEST, TINY, N_ITEMS, Untouchable, quiet, successor_split  # noqa: E402
+from tests.baselines.test_models import MODELS_UNDER_TEST, TINY, N_ITEMS, Untouchable, quiet, successor_split  # noqa: E402
 
 from recfm.baselines.sasrec import SASRec, SASRecConfig  # noqa: E402
 from recfm.data.split import LeaveOneOut  # noqa: E402

@@ -13,7 +13,7 @@ from recfm.multitask.trainer import MultiTaskConfig, train_multitask  # noqa: E4
 from test_multitask_model import TASKS, tiny_model  # noqa: E402
 
 from movielens_fixture import fake_movielens  # noqa: E402
-from recfm.multitask.records import MovieLensTasks, TaskConfig  # noqa: E402
+from recfm.multitask.movielens_tasks import MovieLensTasks, TaskConfig  # noqa: E402
 
 distributed.init()
 ml1m, ml100k = fake_movielens()

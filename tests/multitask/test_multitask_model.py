@@ -11,7 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from recfm.multitask.evaluate import macro_f1, ranking_metrics, score_tasks
 from recfm.multitask.model import LETTERS, MultiTaskModel, MultiTaskModelConfig, option_prompt, target_text
-from recfm.multitask.records import EMBED_TOKEN, GenRecord, MovieLensTasks, TaskConfig
+from recfm.multitask.records import EMBED_TOKEN, GenRecord
+from recfm.multitask.movielens_tasks import MovieLensTasks, TaskConfig
 from recfm.multitask.s2sched import S2SchedConfig
 from recfm.multitask.tmole import TMoLEConfig
 from recfm.multitask.trainer import MultiTaskConfig, load_adapter, task_specs, train_multitask

@@ -7,18 +7,9 @@ import json
 import pytest
 
 from movielens_fixture import fake_movielens
-from recfm.multitask.records import (
-    EMB_TASKS,
-    GEN_TASKS,
-    SENTIMENTS,
-    EmbRecord,
-    GenRecord,
-    MovieLensTasks,
-    TaskConfig,
-    read_recfound_jsonl,
-    read_records,
-    write_records,
-)
+from recfm.multitask.movielens_tasks import MovieLensTasks, TaskConfig
+from recfm.multitask.recfound_jsonl import read_recfound_jsonl
+from recfm.multitask.records import EMB_TASKS, GEN_TASKS, SENTIMENTS, EmbRecord, GenRecord, read_records, write_records
 
 @pytest.fixture(scope="module")
 def tasks():

@@ -13,7 +13,7 @@ from recfm.cli import app
 from recfm.data.registry import load_dataset
 from recfm.textid.config import TextIDConfig
 from recfm.textid.item_level import ItemLevelConfig, ItemLevelNet, ItemLevelRecommender, WordVocab
-from tests.test_textid_rec import assert_targets_never_reach_training, write_shop
+from tests.textid.test_training import assert_targets_never_reach_training, write_shop
 
 runner = CliRunner()
 ITEMS = dict(formulation="items", strategy="rec_only", rec_epochs=3, batch_size=8, num_beams=5, num_threads=1,

@@ -15,7 +15,7 @@ from recfm.textid.config import TextIDConfig
 from recfm.textid.recommender import ItemIdTable
 from recfm.textid.sequence import SequenceRecommender, window_tokens
 from recfm.textid.trie_loss import IGNORE
-from tests.test_textid_rec import assert_targets_never_reach_training, write_shop
+from tests.textid.test_training import assert_targets_never_reach_training, write_shop
 
 runner = CliRunner()
 SEQUENCE = dict(formulation="sequence", backbone="llama-scratch", strategy="rec_only", rec_epochs=3, batch_size=8,

@@ -78,7 +78,7 @@ def test_sparse_log_probs_equal_masked_log_softmax_and_have_finite_gradients(see
 
 def test_seq2seq_recommender_loss_is_the_trie_cross_entropy_of_its_logits(tmp_path, monkeypatch):
     from recfm.data.registry import load_dataset
-    from tests.test_textid_rec import tiny_model, write_shop
+    from tests.textid.test_training import tiny_model, write_shop
 
     monkeypatch.setenv("RECFM_CACHE_DIR", str(tmp_path / "cache"))
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ from recfm.data.split import LeaveOneOut, leave_one_out
 from recfm.evaluation.protocol import Protocol, evaluate
 
 N_ITEMS = 60
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 TINY = dict(epochs=6, batch_size=32, lr=1e-2, max_len=12, patience=3, seed=3, num_threads=1, show_progress=False)
 MODELS_UNDER_TEST = [
