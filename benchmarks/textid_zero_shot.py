@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--max-cases", type=int, default=None, help="score a seeded sample of the test cases")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the training run")
     args = ap.parse_args()
+    args.config = args.config.resolve()
     formulation = yaml.safe_load(args.config.read_text())["model"].get("formulation", "prompt")
     out = args.output / args.config.stem
     run = out / args.train

@@ -48,7 +48,7 @@ from recfm.textid.config import TextIDConfig
 from recfm.textid.generator import IDGenerator
 from recfm.textid.ids import make_unique, normalize_id
 from recfm.textid.initial_ids import initial_ids
-from recfm.textid.item_level import SPECIAL, ItemLevelNet, ItemLevelRecommender, WordVocab, is_item_level
+from recfm.textid.item_level import ItemLevelNet, ItemLevelRecommender, WordVocab, is_item_level
 from recfm.textid.prompts import TEMPLATES, PromptBuilder
 from recfm.textid.sequence import SCRATCH_BACKBONE, SequenceRecommender, is_sequence_run
 from recfm.textid.recommender import (INITIAL_IDS_FILE, ITEM_IDS_FILE, ItemIdTable, TextIDRecommender, pad_rows,
@@ -587,8 +587,8 @@ class TextIDModel(TrainableRecommender):
         ids, report = other._initial_ids()
         if isinstance(self.rec, ItemLevelRecommender):
             other.rec = self.rec.for_catalog(ids)
-            report["new_words"] = other.rec.new_words
-            report["words"] = len(other.rec.vocab) - len(SPECIAL)
+            report["words"] = len({w for x in ids for w in normalize_id(x).split()})  # the new catalog's ID words
+            report["new_words"] = other.rec.new_words  # of them, unseen in training
         else:
             other.rec = copy.copy(self.rec)
             other.rec.items = ItemIdTable.build(ids, self.rec.tokenizer)
