@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import ROOT, fmt, write_section  # noqa: E402
+from baselines import RESULTS, ROOT, fmt, write_section  # noqa: E402
 
 CONFIGS = ROOT / "configs"
 DATASETS = ["movielens-100k", "movielens-1m", "amazon-beauty", "amazon-sports"]
@@ -78,6 +78,22 @@ def epochs_text(m: dict) -> str:
     return f"{len(trained)} ({best})" if trained else "?"
 
 
+def earlier_rows(out_root: Path) -> dict[tuple[str, str], str]:
+    """Rows already in docs/results.md whose run folders are not here (an earlier session's, or
+    another machine's): kept as they were, so a re-run of one cell does not erase the others."""
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    begin, end = "<!-- BEGIN textid-formulations -->", "<!-- END textid-formulations -->"
+    if begin not in text:
+        return {}
+    rows = {}
+    for line in text.split(begin, 1)[1].split(end, 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 2 and cells[0] in DATASETS and cells[1] in CELLS:
+            if not (out_root / cells[0] / cells[1] / "metrics.json").is_file():
+                rows[(cells[0], cells[1])] = line
+    return rows
+
+
 def table(out_root: Path) -> str:
     """Rows for every finished cell of every dataset (also those of earlier invocations)."""
     lines = [
@@ -91,7 +107,9 @@ def table(out_root: Path) -> str:
         "| dataset | cell | HR@10 | NDCG@10 | x SASRec | epochs (best) | s / epoch | train s | threads | run date |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    kept = earlier_rows(out_root)
     for dataset in DATASETS:
+        lines += [line for (d, _), line in kept.items() if d == dataset]
         ref_file = out_root / dataset / "sasrec" / "metrics.json"
         ref = json.loads(ref_file.read_text())["test"]["ndcg@10"] if ref_file.is_file() else None
         for cell in CELLS:
