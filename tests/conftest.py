@@ -31,3 +31,14 @@ def amazon_beauty_dir():
     if not (path / "user_sequence.txt").is_file():
         pytest.skip(f"{path} not found: Amazon data is read from ../shared/data (or $RECFM_SHARED_DATA); skipping")
     return path
+
+
+REAL_DATA_FIXTURES = {"ml100k", "amazon_beauty_dir"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Real-data tests are slow tests too (``make test-fast`` runs ``-m "not slow"``): marked
+    ``realdata`` by hand, or reading a real dataset through a fixture."""
+    for item in items:
+        if item.get_closest_marker("realdata") or REAL_DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -48,6 +48,7 @@ def test_single_process_helpers_are_identity():
     assert distributed.all_sum(1.5, 2) == [1.5, 2.0]
 
 
+@pytest.mark.slow
 def test_textid_alternate_training_under_two_processes_matches_one(tmp_path):
     """IDGenRec's whole loop (recommender epochs, ID regeneration by Algorithm 1 with candidates generated
     on each process's share of the items, generator epochs through soft IDs, sharded beam-search
@@ -78,6 +79,7 @@ def test_textid_alternate_training_under_two_processes_matches_one(tmp_path):
         assert two["test"][key] == pytest.approx(one["test"][key], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_sharded_engines_are_refused_with_a_clear_error(tmp_path):
     """An accelerate config for FSDP or DeepSpeed sets these variables; the trainers replicate
     the model and gather on process 0, so they refuse instead of hanging."""

@@ -248,6 +248,7 @@ def test_run_files_follow_the_umask(shop, tmp_path):
     assert stat.S_IMODE(prepared.stat().st_mode) == 0o755
 
 
+@pytest.mark.slow
 def test_a_cache_write_killed_midway_leaves_no_temporary_behind(shop, tmp_path):
     from recfm.atomic import atomic_directory
 

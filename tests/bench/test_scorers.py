@@ -505,6 +505,7 @@ def test_lora_last_layers_adapts_only_the_top_layers_and_still_learns(tok):
     assert all(p.dtype == torch.float32 for n, p in scorer.model.named_parameters() if "lora_" in n)
 
 
+@pytest.mark.slow
 def test_finetune_under_two_processes_matches_one(tmp_path):
     """The same LoRA fine-tune, alone and as two gloo processes (torchrun) that each take half of every
     batch and sum gradients: losses agree to 1e-4 relative, validation AUCs to 1e-4."""

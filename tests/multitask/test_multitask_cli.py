@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -73,6 +75,7 @@ def test_ablation_command_writes_the_table_and_both_plots(tmp_path):
     assert typo.exit_code != 0 and "stepz" in typo.output
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_training_resumes_to_the_same_result(tmp_path):
     """SIGKILL a real `recfm multitask train` right after its first checkpoint (step 2 of 6), then
     `--resume`: the same per-step losses, S2Sched ratios, merged adapter and test scores as an

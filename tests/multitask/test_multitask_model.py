@@ -179,6 +179,7 @@ def test_an_added_embed_token_gets_the_mean_row_every_time(records):
     torch.testing.assert_close(b.model.get_input_embeddings().weight, weight)
 
 
+@pytest.mark.slow
 def test_training_under_two_processes_matches_one():
     """The same 8 steps alone and as two gloo processes (torchrun): generative records are split between
     the processes, the embedding batch is shared; per-step losses and the merged adapter agree to 1e-4."""

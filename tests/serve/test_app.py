@@ -253,6 +253,7 @@ def test_title_matching_never_fails_on_any_text(title):
     assert index.match("toy  STORY 1995").item == 1 and normalize_title("Café, Noir!") == "cafe noir"
 
 
+@pytest.mark.slow
 def test_recfm_serve_command_answers_over_http(runs):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "recfm.cli", "--quiet", "serve", "--run", str(runs / "sasrec"),
