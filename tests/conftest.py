@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
-import pytest
+import os
 
-from recfm.data.registry import DatasetNotFoundError, load_dataset, shared_data_root
+# No test may reach the network: set before any test module imports transformers / huggingface_hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from recfm.data.registry import DatasetNotFoundError, load_dataset, shared_data_root  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is fastest, and far faster than two on a busy shared CPU
+    (spin-waiting threads made generate 10-20x slower); the thread count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -19,10 +19,8 @@ when their packages are not installed.
 from __future__ import annotations
 
 import json
-import os
 import re
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers/huggingface_hub are imported
 
 import numpy as np
 import pytest

@@ -8,9 +8,7 @@ converted once (~15-60 s) and later runs load the cached copy in about a second.
 from __future__ import annotations
 
 import json
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers/huggingface_hub are imported
 
 import pytest
 import torch

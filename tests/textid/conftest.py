@@ -1,11 +1,7 @@
 import pytest
-import torch
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and far faster than two on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _tiny_models_on_one_thread(one_thread):
+    """Every textid test runs tiny models: one thread (the root conftest's ``one_thread``)."""
     yield
-    torch.set_num_threads(before)

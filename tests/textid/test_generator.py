@@ -5,11 +5,9 @@ the warm-startable IDGenerator. Everything runs on tiny models built here, in we
 from __future__ import annotations
 
 import math
-import os
 import zlib
 from collections import Counter
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
@@ -51,15 +49,6 @@ ITEMS = [
     "title: Dove Beauty Bar Sensitive Skin; brand: Dove; category: soap",
     "title: Nivea Creme Tin Moisturizing Cream; brand: Nivea; category: body cream",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and far faster than two on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,6 @@ WORDS = ["red", "blue", "green", "soft", "hard", "big", "small", "round", "flat"
 KINDS = ["widget", "gadget", "lamp", "chair", "brush", "cream"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def write_shop(folder, n_users=30, n_items=12, length=6, seed=0, prefix="i"):
     """A tiny P5-format shop: users walk the catalog in steps, so the next item is learnable."""
     rng = np.random.default_rng(seed)

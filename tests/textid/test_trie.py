@@ -3,10 +3,8 @@ beam search (tiny T5 and tiny Llama) against ``generate(prefix_allowed_tokens_fn
 
 from __future__ import annotations
 
-import os
 import random
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers/huggingface_hub are imported
 
 import pytest
 import torch
