@@ -129,6 +129,7 @@ def _train(folder: Path, out: Path, *extra: str, crash_after: int | None = None)
     return train_tiny_sasrec(folder, out, *extra, crash_after=crash_after)
 
 
+@pytest.mark.slow
 def test_a_killed_and_resumed_run_logs_every_epoch_once(tmp_path):
     """`recfm train` SIGKILLed mid-epoch 2, then --resume: history.jsonl and TensorBoard hold epochs
     1, 2, 3 once each, with the losses of an uninterrupted run."""
@@ -170,6 +171,7 @@ def test_pop_writes_no_history(tmp_path, monkeypatch):
 
 
 # -- textid ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_textid_logs_warm_start_recommender_and_generator_epochs_in_order(tmp_path, monkeypatch):
     from tests.textid.test_training import tiny_model, write_shop
 

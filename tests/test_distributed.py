@@ -27,6 +27,7 @@ def _train(folder: Path, out: Path, processes: int) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
     folder = random_sequences(tmp_path / "tiny-shop", n_users=61, n_items=20, length=9, seed=1)
     one = _train(folder, tmp_path / "one", 1)

@@ -65,6 +65,7 @@ def _train(folder: Path, out: Path, *extra: str, crash_after: int | None = None)
     return train_tiny_sasrec(folder, out, *extra, crash_after=crash_after)
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
     folder = _folder(tmp_path)
     clean = _train(folder, tmp_path / "clean")
@@ -92,6 +93,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
     assert b["training"]["seconds"] >= b["training"]["history"][0]["train_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_resume_refuses_what_it_cannot_continue(tmp_path):
     folder = _folder(tmp_path)
     assert _train(folder, tmp_path / "run", crash_after=1).returncode == -9

@@ -215,6 +215,7 @@ def _cli(*args, cwd=None, env=None):
                           timeout=120, cwd=cwd, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_quiet_hides_info_lines_and_version_prints(shop, tmp_path):
     quiet = _cli("--quiet", "train", "pop", "-d", shop, "-o", tmp_path / "q", env={"RECFM_CACHE_DIR": str(tmp_path / "c")})
     assert quiet.returncode == 0, quiet.stderr

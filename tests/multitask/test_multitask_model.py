@@ -118,6 +118,7 @@ def test_losses_choices_and_embeddings(records):
         model.ids_of(["nope"])
 
 
+@pytest.mark.slow
 def test_training_schedules_merges_and_the_adapter_reloads(records, tmp_path):
     model = tiny_model(records)
     cfg = MultiTaskConfig(steps=8, gen_batch=4, emb_batch=4, lr=5e-3, checkpoints=2,
@@ -146,6 +147,7 @@ def test_ablations_uniform_sampling_and_plain_lora(records):
     assert history["valid"] == []  # no validation passes without S2Sched
 
 
+@pytest.mark.slow
 def test_training_reduces_the_generative_loss(records):
     model = tiny_model(records)
     batch = records["sentiment"]["train"][:8]

