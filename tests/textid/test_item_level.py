@@ -16,6 +16,9 @@ from recfm.textid.item_level import ItemLevelConfig, ItemLevelNet, ItemLevelReco
 from tests.textid.test_training import assert_targets_never_reach_training, write_shop
 
 runner = CliRunner()
+CLI_OVERRIDES = ["formulation=items", "strategy=rec_only", "batch_size=8", "num_beams=5", "num_threads=1",
+                 "max_history=8", "items.hidden_size=16", "items.num_layers=1", "items.decoder_size=16",
+                 "initial_ids.kind=table", "initial_ids.path=dataset:item_initial_ids.txt"]
 ITEMS = dict(formulation="items", strategy="rec_only", rec_epochs=3, batch_size=8, num_beams=5, num_threads=1,
              max_history=8, initial_ids={"kind": "table", "path": "dataset:item_initial_ids.txt"},
              items={"hidden_size": 16, "num_layers": 1, "num_heads": 2, "decoder_size": 16})
@@ -67,10 +70,8 @@ def test_no_validation_or_test_target_reaches_the_item_level_model(shop, monkeyp
 
 def test_train_save_load_recommend_and_evaluate_through_the_cli(shop, tmp_path):
     out = tmp_path / "run"
-    overrides = ["formulation=items", "strategy=rec_only", "rec_epochs=4", "batch_size=8", "num_beams=5",
-                 "num_threads=1", "max_history=8", "items.hidden_size=16", "items.num_layers=1", "items.decoder_size=16",
-                 "initial_ids.kind=table", "initial_ids.path=dataset:item_initial_ids.txt"]
-    r = runner.invoke(app, ["train", "textid", "-d", str(shop), "-o", str(out), "--no-preset", *overrides])
+    r = runner.invoke(app, ["train", "textid", "-d", str(shop), "-o", str(out), "--no-preset", *CLI_OVERRIDES,
+                            "rec_epochs=4"])
     assert r.exit_code == 0, r.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["cases"] == 30 and 0 <= metrics["test"]["ndcg@10"] <= 1
@@ -113,10 +114,8 @@ def test_for_catalog_keeps_every_trained_word_and_gives_new_words_the_mean():
 
 def test_zero_shot_on_an_unseen_catalog_through_the_cli(shop, tmp_path):
     out = tmp_path / "run"
-    overrides = ["formulation=items", "strategy=rec_only", "rec_epochs=2", "batch_size=8", "num_beams=5",
-                 "num_threads=1", "max_history=8", "items.hidden_size=16", "items.num_layers=1", "items.decoder_size=16",
-                 "initial_ids.kind=table", "initial_ids.path=dataset:item_initial_ids.txt"]
-    r = runner.invoke(app, ["train", "textid", "-d", str(shop), "-o", str(out), "--no-preset", *overrides])
+    r = runner.invoke(app, ["train", "textid", "-d", str(shop), "-o", str(out), "--no-preset", *CLI_OVERRIDES,
+                            "rec_epochs=2"])
     assert r.exit_code == 0, r.output
     unseen = write_shop(tmp_path / "unseen-shop", n_users=12, n_items=9, seed=5, prefix="z")
     r = runner.invoke(app, ["--quiet", "evaluate", "-r", str(out), "--dataset", str(unseen), "--splits", "test", "--json"])
