@@ -67,10 +67,11 @@ class BenchConfig(BaseModel):
 
     def domains(self) -> dict[str, str]:
         names = list(dict.fromkeys([*self.datasets, *self.targets]))
+        builtin = builtin_domains()
         out = {}
         for n in names:
             entry = self.datasets.get(n) or DatasetEntry()
-            domain = entry.domain or builtin_domains().get(n)
+            domain = entry.domain or builtin.get(n)
             if domain is None:
                 raise ValueError(f"dataset {n!r} has no domain: give `datasets: {{{n}: {{domain: ...}}}}`")
             out[n] = domain

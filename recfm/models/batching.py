@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-import inspect
-
 import contextlib
+import inspect
 from typing import Sequence
 
 import numpy as np

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from recfm.models.batching import autocast_context, autocast_dtype, length_groups, pad_batch
+from recfm.models.batching import autocast_context, autocast_dtype, length_groups, pad_batch, pad_token_id
 from recfm.models.embedding import mean_pool
 from recfm.multitask.records import EMBED_TOKEN, EmbRecord, GenRecord
 from recfm.multitask.tmole import TMoLE, TMoLEConfig, attach_tmole
@@ -78,7 +78,7 @@ class MultiTaskModel:
         if config.adapter == "lora":
             tcfg = tcfg.model_copy(update={"n_embedding": 0, "n_generative": 0, "n_shared": 1})
         self.tmole: TMoLE = attach_tmole(model, tcfg, [t.kind for t in self.tasks])
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_token_id(tokenizer)
         self.eos_id = tokenizer.eos_token_id
         self.letter_ids = []
         for letter in LETTERS:

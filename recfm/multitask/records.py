@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
 
+from recfm.atomic import atomic_write_text
+
 
 SYSTEM_PROMPT = "You are a helpful assistant for recommendation tasks."
 EMBED_TOKEN = "<|embed|>"
@@ -110,16 +112,10 @@ Record = GenRecord | EmbRecord
 
 
 def write_records(records: Iterable[Record], path: str | Path) -> int:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    n = 0
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
-            n += 1
-    tmp.replace(path)
-    return n
+    """One JSON line per record, written atomically; returns how many."""
+    lines = [json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in records]
+    atomic_write_text(Path(path), "".join(lines))
+    return len(lines)
 
 
 def read_records(path: str | Path) -> list[Record]:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from recfm.errors import RecfmError
+from recfm.models.batching import pad_token_id
 
 DEAD = -1
 
@@ -292,7 +293,7 @@ class TokenTrie:
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer needs an eos token to terminate item IDs")
         enc = tokenizer([prefix + t for t in texts], add_special_tokens=False)["input_ids"]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad_token_id(tokenizer)
         try:
             return cls.from_sequences(enc, tokenizer.eos_token_id, pad_token_id=pad, item_ids=item_ids)
         except DuplicateItemIDError as e:
