@@ -82,3 +82,13 @@ class TrainableRecommender:
     reports_validation: ClassVar[bool] = False  # fit() takes on_validation=(epoch, metrics) (recfm tune prunes on it)
     uses_catalog: ClassVar[bool] = False  # the constructor and load() take catalog= (item keys, texts, titles)
     zero_shot: ClassVar[bool] = False  # for_catalog(catalog) gives the trained model on an unseen dataset's items
+    embeds_histories: ClassVar[bool] = False  # embed(histories) -> (batch, d) array whose dot products score items
+
+    def textual_ids(self) -> list[str] | None:
+        """Each item's textual ID (index 0 = item 1) for models that recommend by ID text, else None."""
+        return None
+
+    @property
+    def search_beam(self) -> int | None:
+        """The fixed beam a beam-search model answers every k up to it with; None for score-based models."""
+        return None

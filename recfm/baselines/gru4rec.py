@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field
+import torch.nn.functional as F
 from torch import nn
 
 from recfm.baselines.trainer import SequenceNet, SequentialRecommender, SequentialTrainConfig
@@ -47,8 +48,8 @@ class GRU4RecNet(SequenceNet):
         nn.init.xavier_uniform_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
-        out, _ = self.gru(self.drop(self.item_emb(seqs)))
+    def encode(self, seqs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        out, _ = self.gru(self.drop(F.embedding(seqs, self.item_embeddings() if items is None else items, padding_idx=0)))
         return self.proj(out)
 
     def item_embeddings(self) -> torch.Tensor:

@@ -7,8 +7,9 @@ Every loss takes the hidden states at the target positions ``hidden`` (n, d), th
 - ``sampled_softmax``: cross-entropy over the positive and ``num_negatives`` items, drawn once per
   batch and shared by every target (one (n, 1 + N) matmul), or drawn once per training sequence
   and shared by that sequence's targets (one batched matmul; ``rows`` says which sequence each
-  target belongs to). Per-sequence negatives push ``batch x N`` item embeddings away per step
-  instead of ``N``, which is what the published sampled-softmax SASRec does. Drawn uniformly, or by training
+  target belongs to), or drawn for every target position (``(n, N)``: the published
+  sampled-softmax SASRec, RecTools'; memory n x N x d per step). Per-sequence and per-position
+  negatives push many more item embeddings away per step than ``N``. Drawn uniformly, or by training
   popularity with the logQ correction (each logit minus log q(item), Yi et al. 2019), so the
   estimate aims at the full softmax rather than at a popularity-biased one. A negative that is
   the target itself is masked out of that target's row.
@@ -24,6 +25,7 @@ a resume, with no extra state to checkpoint.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 
 LossName = Literal["ce", "sampled_softmax", "gbce"]
 Sampling = Literal["uniform", "popularity"]
-NegativesPer = Literal["batch", "sequence"]
+NegativesPer = Literal["batch", "sequence", "position"]
 
 
 def batch_generator(seed: int, epoch: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -41,13 +43,14 @@ def batch_generator(seed: int, epoch: int, step: int, device: torch.device | str
 
 
 def draw_negatives(n_items: int, num: int, generator: torch.Generator, weights: torch.Tensor | None = None,
-                   rows: int | None = None) -> torch.Tensor:
+                   rows: int | None = None, positions: int | None = None) -> torch.Tensor:
     """``num`` 0-based item indices, with replacement: uniform, or proportional to ``weights``;
-    (num,) shared by the batch, or (rows, num) when each of ``rows`` sequences gets its own."""
-    shape = (num,) if rows is None else (rows, num)
+    (num,) shared by the batch, (rows, num) when each of ``rows`` sequences gets its own, or
+    (rows, positions, num) when every position of every sequence does."""
+    shape = tuple(k for k in (rows, positions) if k is not None) + (num,)
     if weights is None:
         return torch.randint(0, n_items, shape, generator=generator)
-    flat = torch.multinomial(weights, num * (rows or 1), replacement=True, generator=generator)
+    flat = torch.multinomial(weights, math.prod(shape), replacement=True, generator=generator)
     return flat.view(shape)
 
 
@@ -56,6 +59,8 @@ def _negative_logits(hidden: torch.Tensor, items: torch.Tensor, negatives: torch
     """(n, N) logits of each target's negatives and their (n or 1, N) item indices."""
     if negatives.dim() == 1:
         return hidden @ items[negatives].T, negatives.unsqueeze(0)  # one matmul for the whole batch
+    if rows is None:  # (n, N): every target its own
+        return torch.einsum("nd,nkd->nk", hidden, items[negatives]), negatives
     # per sequence: lay the targets out as (sequences, longest, d) again for one batched matmul
     counts = torch.bincount(rows, minlength=negatives.shape[0])
     starts = torch.cumsum(counts, 0) - counts
@@ -74,8 +79,9 @@ def _logits(hidden, items, labels, negatives, rows):
 
 def sampled_softmax_loss(hidden: torch.Tensor, items: torch.Tensor, labels: torch.Tensor, negatives: torch.Tensor,
                          log_q: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy over [positive, negatives]; ``negatives`` (N,) shared by all targets, or
-    (R, N) per sequence with ``rows`` (n,) each target's sequence, targets of a sequence contiguous;
+    """Mean cross-entropy over [positive, negatives]; ``negatives`` (N,) shared by all targets,
+    (R, N) per sequence with ``rows`` (n,) each target's sequence, targets of a sequence contiguous,
+    or (n, N) per target with ``rows`` None;
     ``log_q`` (n_items,) = log of the sampling probability of each item, subtracted from every logit
     (None: uniform, no correction)."""
     pos, neg, ids, accidental = _logits(hidden, items, labels, negatives, rows)

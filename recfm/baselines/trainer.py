@@ -62,6 +62,7 @@ class SequentialTrainConfig(BaseModel):
     batch_size: int = Field(256, ge=1, description="training sequences (windows) per step")
     lr: float = Field(1e-3, gt=0, description="Adam(W) learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    adam_beta2: float = Field(0.999, gt=0, lt=1, description="Adam(W) second-moment decay (SASRec's code: 0.98)")
     max_len: int = Field(50, ge=1, description="longest history the model reads; longer training sequences are windowed")
     patience: int = Field(10, ge=1, description="stop after this many epochs without validation improvement")
     eval_every: int = Field(1, ge=1, description="validate every this many epochs (and after the last one)")
@@ -86,8 +87,9 @@ class SequentialTrainConfig(BaseModel):
                                                       "for each sequence (negatives_per)")
     negatives_per: NegativesPer = Field(
         "batch", description="batch: one set of negatives shared by every target of a step (one matmul); sequence: "
-                             "each training sequence draws its own, shared by its targets (batch x num_negatives "
-                             "items pushed away per step, as the published sampled-softmax SASRec)")
+                             "each training sequence draws its own, shared by its targets; position: every target "
+                             "position draws its own (the published sampled-softmax SASRec; memory targets x "
+                             "num_negatives x hidden per step)")
     negative_sampling: Sampling = Field(
         "uniform", description="uniform, or popularity: by training-split counts, with the logQ correction (sampled_softmax)")
     gbce_t: float = Field(0.75, ge=0, le=1, description="gBCE calibration t: 0 = plain BCE, 1 = fully sampling-corrected")
@@ -96,13 +98,16 @@ class SequentialTrainConfig(BaseModel):
 class SequenceNet(nn.Module):
     """What a next-item network provides to the trainer."""
 
-    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+    def encode(self, seqs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) right-padded item indices (0 = padding) -> (B, T, d) causal hidden states:
-        position t depends only on items 0..t of its row."""
+        position t depends only on items 0..t of its row. ``items``: the table the input items are
+        read from (the step's ``item_embeddings()``, so inputs and outputs share one table); None =
+        a fresh ``item_embeddings()``."""
         raise NotImplementedError
 
     def item_embeddings(self) -> torch.Tensor:
-        """(n_items + 1, d) output embeddings; row 0 is padding and never scored."""
+        """(n_items + 1, d) item embeddings, tied between input and output; row 0 is padding and never
+        scored. In training mode a model may regularise the table (dropout), once per call."""
         raise NotImplementedError
 
 
@@ -160,16 +165,26 @@ class NextItemLoss(nn.Module):
         self.net, self.loss, self.beta = net, loss, beta
         self.log_q = log_q  # log sampling probability per item (popularity sampling), None = uniform
 
+    def target_states(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T - 1, d) hidden states, labels, label mask of right-padded windows (B, T), and the
+        (n_items + 1, d) item table the inputs were read from (to score the targets against)."""
+        labels = batch[:, 1:]
+        mask = labels > 0
+        table = self.net.item_embeddings()
+        # a row's last item has no label: drop it, so each row's last input is its last target
+        # position (what a model counting positions back from the last item must see)
+        return self.net.encode(torch.where(mask, batch[:, :-1], 0), table), labels, mask, table
+
     def forward(self, batch: torch.Tensor, global_targets: float, world: int,
                 negatives: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
         if batch.shape[0] == 0:  # a shard of a batch smaller than the process count: join the gradient sync
             return sum((p * 0).sum() for p in self.net.parameters()), 0.0
-        inputs, labels = batch[:, :-1], batch[:, 1:]
-        hidden = self.net.encode(inputs)
-        mask = labels > 0
+        hidden, labels, mask, table = self.target_states(batch)
         n = int(mask.sum())
-        items, targets = self.net.item_embeddings()[1:], labels[mask] - 1
+        items, targets = table[1:], labels[mask] - 1
         rows = mask.nonzero()[:, 0] if negatives is not None and negatives.dim() == 2 else None
+        if negatives is not None and negatives.dim() == 3:  # per position: keep the target positions'
+            negatives = negatives[:, : labels.shape[1]][mask]
         if self.loss == "ce":
             mean = full_softmax_cross_entropy(hidden[mask], items, targets)
         elif self.loss == "sampled_softmax":
@@ -219,6 +234,7 @@ class SequentialRecommender(ScoringRecommender, TrainableRecommender):
     resumable = True
     writes_history = True
     reports_validation = True
+    embeds_histories = True
     resume_free = _RESUME_FREE
 
     def __init__(self, config: SequentialTrainConfig, n_items: int):
@@ -295,15 +311,16 @@ class SequentialRecommender(ScoringRecommender, TrainableRecommender):
         return NextItemLoss(self.net, cfg.loss, log_q, beta)
 
     def _negatives(self, weights: torch.Tensor | None, epoch: int, step: int, global_rows: int,
-                   mine: slice) -> torch.Tensor | None:
-        """The step's negatives, (N,) or this process's (rows, N): the same on every process and after
-        a resume (drawn for the whole global batch, then sliced like the batch)."""
+                   global_width: int, mine: slice) -> torch.Tensor | None:
+        """The step's negatives, (N,), or this process's (rows, N) or (rows, width - 1, N): the same on
+        every process and after a resume (drawn for the whole global batch, then sliced like the batch)."""
         cfg = self.config
         if cfg.loss == "ce":
             return None
         gen = batch_generator(cfg.seed, epoch, step)
-        rows = global_rows if cfg.negatives_per == "sequence" else None
-        drawn = draw_negatives(self.n_items, cfg.num_negatives, gen, weights, rows)
+        rows = None if cfg.negatives_per == "batch" else global_rows
+        positions = global_width - 1 if cfg.negatives_per == "position" else None
+        drawn = draw_negatives(self.n_items, cfg.num_negatives, gen, weights, rows, positions)
         return (drawn if rows is None else drawn[mine]).to(self.device)
 
     def _fit(self, split: LeaveOneOut, protocol: Protocol, log: Callable[[str], None], checkpoints: Path | None,
@@ -332,7 +349,8 @@ class SequentialRecommender(ScoringRecommender, TrainableRecommender):
         loss_module = self._loss_module(split)
         weights = None if loss_module.log_q is None else loss_module.log_q.exp().cpu()  # popularity sampling
         step_module = accelerator.prepare_model(loss_module)
-        optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2),
+                                      weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)  # data order: batches are drawn from it at each epoch start
         budget = cfg.max_train_minutes * 60 if cfg.max_train_minutes else math.inf
         fs = FitState(epoch_rng=rng.bit_generator.state)
@@ -422,7 +440,8 @@ class SequentialRecommender(ScoringRecommender, TrainableRecommender):
             mine = idx[me::world]  # every process drew the same batch: it trains on its slice
             width = int(lengths[mine].max()) if len(mine) else 1
             batch = torch.from_numpy(windows[mine, :width]).to(self.device)
-            negatives = self._negatives(weights, fs.epoch, fs.step, len(idx), slice(me, None, world))
+            negatives = self._negatives(weights, fs.epoch, fs.step, len(idx), int(lengths[idx].max()),
+                                        slice(me, None, world))
             loss, loss_sum = step_module(batch, global_targets, world, negatives)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)

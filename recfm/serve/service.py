@@ -162,16 +162,6 @@ class Limits:
     max_title_chars: int = 300  # fuzzy matching costs grow with the text: a title is not an essay
 
 
-def search_beam(model) -> int | None:
-    """The fixed beam of a beam-search model (textid: ``TextIDRecommender.search_beam``, reached
-    through ``TextIDModel.rec``), None for a score-based model."""
-    for obj in (model, getattr(model, "rec", None)):
-        beam = getattr(obj, "search_beam", None)
-        if isinstance(beam, int) and not isinstance(beam, bool) and beam > 0:
-            return beam
-    return None
-
-
 class RecommendationService:
     """A loaded run: the catalog, the model behind the Recommender seam, request checks.
 
@@ -189,8 +179,8 @@ class RecommendationService:
         self.limits = limits or Limits()
         self.index = data.item_index()
         self.titles = TitleIndex(data.item_titles)
-        self.textual_ids = model.textual_ids() if hasattr(model, "textual_ids") else None
-        self.search_beam = search_beam(model)
+        self.textual_ids = model.textual_ids()
+        self.search_beam = model.search_beam
         self.max_k = min(self.limits.max_k, self.search_beam or self.limits.max_k)
         self.default_k = min(10, self.max_k)
 
@@ -202,7 +192,7 @@ class RecommendationService:
 
     @property
     def can_embed(self) -> bool:
-        return hasattr(self.model, "embed")
+        return self.model.embeds_histories
 
     def info(self) -> dict:
         return {"run": self.run_dir, "model": self.model_name, "dataset": self.data.name, "n_items": self.data.n_items,

@@ -120,6 +120,10 @@ class TextIDModel(TrainableRecommender):
     def textual_ids(self) -> list[str]:
         return self.rec.items.texts if self.rec else []
 
+    @property
+    def search_beam(self) -> int | None:
+        return self.rec.search_beam if self.rec else None
+
     # -- set-up -----------------------------------------------------------------------------
     def _initial_ids(self) -> tuple[list[str], dict]:
         cfg = self.config.initial_ids

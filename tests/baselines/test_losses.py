@@ -97,6 +97,36 @@ def test_per_sequence_negatives_equal_each_target_scored_against_its_sequences_o
         assert torch.allclose(a, b, atol=1e-12)
 
 
+@pytest.mark.parametrize("loss", ["sampled_softmax", "gbce"])
+def test_per_position_negatives_equal_each_target_scored_against_its_own(loss):
+    torch.manual_seed(4)
+    n_items, d, n = 25, 6, 9
+    items = torch.randn(n_items, d, dtype=torch.float64, requires_grad=True)
+    hidden = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, n_items, (n,))
+    negatives = torch.randint(0, n_items, (n, 5))
+    negatives[4, 2] = labels[4]
+
+    def one(i):
+        if loss == "sampled_softmax":
+            return sampled_softmax_loss(hidden[i:i + 1], items, labels[i:i + 1], negatives[i])
+        return gbce_loss(hidden[i:i + 1], items, labels[i:i + 1], negatives[i], beta=0.3)
+
+    slow = torch.stack([one(i) for i in range(n)]).mean()
+    fast = (sampled_softmax_loss(hidden, items, labels, negatives) if loss == "sampled_softmax"
+            else gbce_loss(hidden, items, labels, negatives, beta=0.3))
+    assert fast.item() == pytest.approx(slow.item(), abs=1e-12)
+    for a, b in zip(torch.autograd.grad(fast, (hidden, items)), torch.autograd.grad(slow, (hidden, items))):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_per_position_negatives_are_drawn_per_row_and_position():
+    a = draw_negatives(1000, 16, batch_generator(0, 1, 2), rows=3, positions=4)
+    assert a.shape == (3, 4, 16)
+    assert torch.equal(a, draw_negatives(1000, 16, batch_generator(0, 1, 2), rows=3, positions=4))
+    assert len({tuple(r) for r in a.reshape(12, 16).tolist()}) == 12
+
+
 def test_per_sequence_negatives_are_drawn_per_row_and_reproducibly():
     a = draw_negatives(1000, 16, batch_generator(0, 1, 2), rows=5)
     assert a.shape == (5, 16) and torch.equal(a, draw_negatives(1000, 16, batch_generator(0, 1, 2), rows=5))
@@ -128,8 +158,10 @@ from recfm.evaluation.protocol import Protocol, evaluate  # noqa: E402
 @pytest.mark.slow
 @pytest.mark.parametrize("loss, extra", [("sampled_softmax", {}), ("sampled_softmax", {"negative_sampling": "popularity"}),
                                          ("sampled_softmax", {"negatives_per": "sequence"}),
-                                         ("gbce", {"gbce_t": 0.75})], ids=["ssm-uniform", "ssm-pop", "ssm-per-sequence", "gbce"])
-@pytest.mark.parametrize("i", range(len(MODELS_UNDER_TEST)), ids=["sasrec", "gru4rec"])
+                                         ("sampled_softmax", {"negatives_per": "position"}),
+                                         ("gbce", {"gbce_t": 0.75})],
+                         ids=["ssm-uniform", "ssm-pop", "ssm-per-sequence", "ssm-per-position", "gbce"])
+@pytest.mark.parametrize("i", range(len(MODELS_UNDER_TEST)), ids=["sasrec", "gru4rec", "sasrec-authors"])
 def test_every_loss_learns_the_successor_pattern_from_train_only(loss, extra, i):
     split = successor_split()
     model_cls, cfg_cls, arch = MODELS_UNDER_TEST[i]

@@ -26,8 +26,10 @@ TINY = dict(epochs=6, batch_size=32, lr=1e-2, max_len=12, patience=3, seed=3, nu
 MODELS_UNDER_TEST = [
     (SASRec, SASRecConfig, dict(hidden_size=32, num_layers=1, num_heads=2, dropout=0.1)),
     (GRU4Rec, GRU4RecConfig, dict(embedding_size=32, hidden_size=32, dropout=0.1)),
+    (SASRec, SASRecConfig, dict(hidden_size=32, num_layers=2, num_heads=2, dropout=0.1, block="sasrec",
+                                positions="from_end", init="xavier", adam_beta2=0.98)),
 ]
-IDS = ["sasrec", "gru4rec"]
+IDS = ["sasrec", "gru4rec", "sasrec-authors"]
 
 
 def successor_split(n_users: int = 160, seed: int = 0) -> LeaveOneOut:
@@ -234,3 +236,53 @@ def test_denormals_are_flushed_only_inside_training_and_scoring(split):
     model.fit(LeaveOneOut(split.train, split.valid.subset(slice(0, 10)), split.test), log=quiet)
     model.score([[1, 2]])
     assert float(torch.from_numpy(tiny * 1.0).mul(1.0)[0]) != 0.0
+
+
+@pytest.mark.parametrize("i", range(len(MODELS_UNDER_TEST)), ids=IDS)
+def test_a_training_rows_last_target_state_is_the_state_inference_gives_that_history(i):
+    """The state that predicts a training row's last item is the one scoring that row's history
+    alone gives (for from_end positions: the history's last item at position 0); models counting
+    positions from the start see every prefix as inference does."""
+    model_cls, cfg_cls, extra = MODELS_UNDER_TEST[i]
+    model = make(model_cls, cfg_cls, extra, max_len=8)
+    model.net.double().eval()
+    rows = [[3, 4, 5, 6, 7, 8], [10, 11, 12, 0, 0, 0], [20, 21, 0, 0, 0, 0]]
+    hidden, labels, mask, _ = trainer_module.NextItemLoss(model.net).target_states(torch.tensor(rows))
+    every_prefix = getattr(model.config, "positions", "from_start") == "from_start"
+    for r, row in enumerate(rows):
+        real = [x for x in row if x]
+        assert int(mask[r].sum()) == len(real) - 1
+        for t in range(len(real) - 1) if every_prefix else [len(real) - 2]:
+            alone = model._encode_last([real[: t + 1]])[0]
+            assert torch.allclose(hidden[r, t], alone, atol=1e-10), (row, t)
+
+
+def test_from_end_positions_put_every_rows_last_item_at_zero():
+    model = make(SASRec, SASRecConfig, MODELS_UNDER_TEST[2][2])
+    seqs = torch.tensor([[5, 6, 7, 0], [1, 0, 0, 0], [1, 2, 3, 4]])
+    assert model.net.position_ids(seqs).tolist() == [[2, 1, 0, 0], [0, 0, 0, 0], [3, 2, 1, 0]]
+    default = make(SASRec, SASRecConfig, MODELS_UNDER_TEST[0][2])
+    assert default.net.position_ids(seqs).tolist() == [0, 1, 2, 3]
+
+
+def test_the_authors_block_defaults_to_a_feed_forward_as_wide_as_the_model():
+    model = make(SASRec, SASRecConfig, MODELS_UNDER_TEST[2][2])
+    assert model.net.blocks[0].ff1.out_features == 32
+    assert make(SASRec, SASRecConfig, MODELS_UNDER_TEST[0][2]).net.blocks[0].ff1.out_features == 128
+    assert torch.equal(model.net.item_emb.weight[0], torch.zeros(32))  # padding row stays zero after Xavier
+
+
+def test_item_dropout_drops_one_table_per_step_and_nothing_at_inference():
+    model = make(SASRec, SASRecConfig, {**MODELS_UNDER_TEST[0][2], "item_dropout": 0.5})
+    net = model.net.train()
+    torch.manual_seed(0)
+    a, b = net.item_embeddings(), net.item_embeddings()
+    assert not torch.equal(a, b) and (a == 0).float().mean() > 0.3  # a fresh mask per call (per step)
+    assert torch.equal(a[0], torch.zeros_like(a[0]))
+    seqs = torch.tensor([[1, 2, 3]])
+    net.drop.p = 0.0  # only the table's dropout left: encoding with a given table reads that table
+    for block in net.blocks:
+        block.p, block.drop.p = 0.0, 0.0
+    assert not torch.allclose(net.encode(seqs, a), net.encode(seqs, net.item_emb.weight))  # the given table is read
+    net.eval()
+    assert torch.equal(net.item_embeddings(), net.item_emb.weight)
