@@ -10,6 +10,8 @@ and preprocessing), so a run is never scored silently on data that changed under
 
 from __future__ import annotations
 
+import copy
+
 import datetime as dt
 import json
 import shutil
@@ -96,3 +98,35 @@ def check_data(run_dir: Path, data, allow_change: bool = False) -> dict | None:
             f"{pinned.get('users')} / {pinned.get('items')}): its files or preprocessing changed. Train again, "
             "or pass --allow-data-change to use the new data anyway")
     return pinned
+
+
+def check_resumable(output: Path, saved: dict, now: dict, free: dict[str, Iterable[str]], how: str) -> None:
+    """Refuse ``--resume`` unless ``output`` holds an unfinished run whose saved config equals this
+    one. ``saved`` / ``now``: the run's config.yaml and this invocation's config, as dicts; ``free``:
+    per top-level section, the keys a resumed run may change (threads, time budgets: what does not
+    change what is computed); ``how``: what to resume with, for the message."""
+    output = Path(output)
+    if not (output / "config.yaml").is_file():
+        raise RunDirError(f"nothing to resume in {output}: it holds no run (start it without --resume)")
+    if (output / "metrics.json").is_file():
+        raise RunDirError(f"{output} holds a finished run: nothing to resume")
+    saved, now = copy.deepcopy(saved), copy.deepcopy(now)
+    for cfg in (saved, now):
+        for section, keys in free.items():
+            for key in keys:
+                (cfg.get(section) or {}).pop(key, None)
+    if saved != now:
+        changed = ", ".join(f"{key} ({before!r} in the run, {after!r} now)" for key, before, after in diff_keys(saved, now)[:5])
+        raise RunDirError(f"the resolved config differs from {output / 'config.yaml'} in {changed}: resume with {how}")
+
+
+def diff_keys(before: dict, after: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, old value, new value) for every leaf that differs between two nested dicts."""
+    out = []
+    for key in sorted(set(before) | set(after), key=str):
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += diff_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out

@@ -180,30 +180,9 @@ def _check_resumable(output: Path, config_text: str, entry) -> None:
     if not entry.model.resumable:
         raise RunError(f"{entry.name} training cannot be resumed (it writes no checkpoints); start it again "
                        "with --overwrite instead of --resume")
-    if not (output / "config.yaml").is_file():
-        raise RunError(f"nothing to resume in {output}: it holds no run (start it without --resume)")
-    if (output / "metrics.json").is_file():
-        raise RunError(f"{output} holds a finished run: nothing to resume")
-    saved, now = yaml.safe_load((output / "config.yaml").read_text()), yaml.safe_load(config_text)
-    for cfg in (saved, now):  # settings that do not change what is computed (threads, time budget, ...)
-        for key in entry.model.resume_free:
-            (cfg.get("model") or {}).pop(key, None)
-    if saved != now:
-        changed = ", ".join(f"{key} ({before!r} in the run, {after!r} now)" for key, before, after in diff_keys(saved, now)[:5])
-        raise RunError(f"the resolved config differs from {output / 'config.yaml'} in {changed}: resume with the same "
-                       "model, dataset, --config and overrides (or --config that file)")
-
-
-def diff_keys(before: dict, after: dict, prefix: str = "") -> list[tuple[str, object, object]]:
-    """(dotted key, old value, new value) for every leaf that differs between two nested dicts."""
-    out = []
-    for key in sorted(set(before) | set(after), key=str):
-        a, b = before.get(key), after.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += diff_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append((f"{prefix}{key}", a, b))
-    return out
+    saved = yaml.safe_load((output / "config.yaml").read_text()) if (output / "config.yaml").is_file() else {}
+    rundir.check_resumable(output, saved, yaml.safe_load(config_text), {"model": entry.model.resume_free},
+                           "the same model, dataset, --config and overrides (or --config that file)")
 
 
 def _catalog_kwargs(entry, data, dataset: str) -> dict:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recfm.bench.settings import Plan, Setting, builtin_domains, plans_for
 from recfm.bench.tasks import ClickTaskConfig, cached_pairs
 from recfm import distributed
-from recfm.atomic import atomic_write_json
+from recfm.atomic import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("recfm.bench")
 
@@ -141,7 +141,7 @@ class BenchRunner:
         self.log(f"bench: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run -> {self.output}")
         if main:
             (self.output).mkdir(parents=True, exist_ok=True)
-            (self.output / "config.json").write_text(self.config.model_dump_json(indent=2))
+            atomic_write_text(self.output / "config.json", self.config.model_dump_json(indent=2))
         # Cells sharing a model and a plan run together: one fine-tuning, one loaded model.
         todo.sort(key=lambda c: (self.config.models.index(c[0]), c[1].key, c[2]))
         current: tuple[str, str] | None = None

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recfm.atomic import atomic_write_json, atomic_write_text
 from recfm.errors import RecfmError
-from recfm import distributed
+from recfm import distributed, rundir
 from recfm.multitask.records import EMB_TASKS, GEN_TASKS, SPLITS, read_records, write_records
 from recfm.multitask.movielens_tasks import MovieLensTasks, TaskConfig
 from recfm.multitask.trainer import MultiTaskConfig
@@ -194,17 +194,8 @@ def _check_resumable(config: MultiTaskRunConfig, output: Path) -> None:
     from recfm.multitask.trainer import RESUME_FREE
 
     saved_file = output / "config.yaml"
-    if not saved_file.is_file():
-        raise MultiTaskRunError(f"nothing to resume in {output}: it holds no run (start it without --resume)")
-    if (output / "metrics.json").is_file():
-        raise MultiTaskRunError(f"{output} holds a finished run: nothing to resume")
-    saved = load_run_config(saved_file).model_dump()
-    now = config.model_dump()
-    for cfg in (saved, now):
-        for key in RESUME_FREE:
-            cfg["train"].pop(key, None)
-    if saved != now:
-        raise MultiTaskRunError(f"the config differs from {saved_file}: resume with the same --config and overrides")
+    saved = load_run_config(saved_file).model_dump() if saved_file.is_file() else {}
+    rundir.check_resumable(output, saved, config.model_dump(), {"train": RESUME_FREE}, "the same --config and overrides")
 
 
 def train_run(config: MultiTaskRunConfig, output: Path, records=None, model=None, resume: bool = False) -> dict:
