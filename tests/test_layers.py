@@ -18,12 +18,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "recfm"
 # (layer, module prefixes), low to high; a module belongs to the layer of its longest matching prefix.
 LAYERS = [
     ("core", ["recfm.errors", "recfm.atomic", "recfm.overrides", "recfm.recommender", "recfm.distributed",
-              "recfm.compute", "recfm.checkpoint", "recfm.curves"]),
+              "recfm.compute", "recfm.checkpoint", "recfm.curves", "recfm.rundir"]),
     ("data", ["recfm.data"]),
     ("evaluation", ["recfm.evaluation"]),
     ("models", ["recfm.models"]),
     ("methods", ["recfm.baselines", "recfm.textid", "recfm.bench", "recfm.multitask"]),
-    ("runs", ["recfm.model_table", "recfm.config", "recfm.config_docs", "recfm.rundir", "recfm.runs", "recfm.tune", "recfm.demo",
+    ("runs", ["recfm.model_table", "recfm.config", "recfm.config_docs", "recfm.runs", "recfm.tune", "recfm.demo",
               "recfm.reports", "recfm.batch", "recfm.api", "recfm.serve"]),
     ("cli", ["recfm.cli", "recfm"]),
 ]
