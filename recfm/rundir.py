@@ -11,12 +11,11 @@ and preprocessing), so a run is never scored silently on data that changed under
 from __future__ import annotations
 
 import copy
-
 import datetime as dt
 import json
 import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from recfm.atomic import atomic_write_json
 from recfm.errors import RecfmError
@@ -100,24 +99,27 @@ def check_data(run_dir: Path, data, allow_change: bool = False) -> dict | None:
     return pinned
 
 
-def check_resumable(output: Path, saved: dict, now: dict, free: dict[str, Iterable[str]], how: str) -> None:
-    """Refuse ``--resume`` unless ``output`` holds an unfinished run whose saved config equals this
-    one. ``saved`` / ``now``: the run's config.yaml and this invocation's config, as dicts; ``free``:
-    per top-level section, the keys a resumed run may change (threads, time budgets: what does not
-    change what is computed); ``how``: what to resume with, for the message."""
+def check_resumable(output: Path, read_saved: Callable[[Path], dict], now: dict, free: dict[str, Iterable[str]],
+                    how: str, error: type[Exception] = RunDirError) -> None:
+    """Refuse ``--resume`` (raise ``error``) unless ``output`` holds an unfinished run whose saved
+    config equals this one. ``read_saved``: reads the run's config.yaml into a dict; ``now``: this
+    invocation's config as a dict; ``free``: per top-level section, the keys a resumed run may change
+    (threads, time budgets: what does not change what is computed); ``how``: what to resume with,
+    for the message."""
     output = Path(output)
-    if not (output / "config.yaml").is_file():
-        raise RunDirError(f"nothing to resume in {output}: it holds no run (start it without --resume)")
+    saved_file = output / "config.yaml"
+    if not saved_file.is_file():
+        raise error(f"nothing to resume in {output}: it holds no run (start it without --resume)")
     if (output / "metrics.json").is_file():
-        raise RunDirError(f"{output} holds a finished run: nothing to resume")
-    saved, now = copy.deepcopy(saved), copy.deepcopy(now)
+        raise error(f"{output} holds a finished run: nothing to resume")
+    saved, now = read_saved(saved_file), copy.deepcopy(now)
     for cfg in (saved, now):
         for section, keys in free.items():
             for key in keys:
                 (cfg.get(section) or {}).pop(key, None)
     if saved != now:
         changed = ", ".join(f"{key} ({before!r} in the run, {after!r} now)" for key, before, after in diff_keys(saved, now)[:5])
-        raise RunDirError(f"the resolved config differs from {output / 'config.yaml'} in {changed}: resume with {how}")
+        raise error(f"the resolved config differs from {saved_file} in {changed}: resume with {how}")
 
 
 def diff_keys(before: dict, after: dict, prefix: str = "") -> list[tuple[str, object, object]]:

@@ -180,12 +180,9 @@ def _check_resumable(output: Path, config_text: str, entry) -> None:
     if not entry.model.resumable:
         raise RunError(f"{entry.name} training cannot be resumed (it writes no checkpoints); start it again "
                        "with --overwrite instead of --resume")
-    saved = yaml.safe_load((output / "config.yaml").read_text()) if (output / "config.yaml").is_file() else {}
-    try:
-        rundir.check_resumable(output, saved, yaml.safe_load(config_text), {"model": entry.model.resume_free},
-                               "the same model, dataset, --config and overrides (or --config that file)")
-    except rundir.RunDirError as e:
-        raise RunError(str(e)) from None
+    rundir.check_resumable(output, lambda saved: yaml.safe_load(saved.read_text()), yaml.safe_load(config_text),
+                           {"model": entry.model.resume_free},
+                           "the same model, dataset, --config and overrides (or --config that file)", error=RunError)
 
 
 def _catalog_kwargs(entry, data, dataset: str) -> dict:

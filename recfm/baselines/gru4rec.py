@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from recfm.baselines.trainer import SequenceNet, SequentialRecommender, SequentialTrainConfig

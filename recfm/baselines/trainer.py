@@ -165,7 +165,7 @@ class NextItemLoss(nn.Module):
         self.net, self.loss, self.beta = net, loss, beta
         self.log_q = log_q  # log sampling probability per item (popularity sampling), None = uniform
 
-    def target_states(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def target_states(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, T - 1, d) hidden states, labels, label mask of right-padded windows (B, T), and the
         (n_items + 1, d) item table the inputs were read from (to score the targets against)."""
         labels = batch[:, 1:]

@@ -193,9 +193,8 @@ class MultiTaskRunError(RecfmError, RuntimeError):
 def _check_resumable(config: MultiTaskRunConfig, output: Path) -> None:
     from recfm.multitask.trainer import RESUME_FREE
 
-    saved_file = output / "config.yaml"
-    saved = load_run_config(saved_file).model_dump() if saved_file.is_file() else {}
-    rundir.check_resumable(output, saved, config.model_dump(), {"train": RESUME_FREE}, "the same --config and overrides")
+    rundir.check_resumable(output, lambda saved: load_run_config(saved).model_dump(), config.model_dump(),
+                           {"train": RESUME_FREE}, "the same --config and overrides", error=MultiTaskRunError)
 
 
 def train_run(config: MultiTaskRunConfig, output: Path, records=None, model=None, resume: bool = False) -> dict:
