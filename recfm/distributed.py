@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import atexit
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -71,6 +71,11 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def is_local_main() -> bool:
+    """The first process of this machine (the one that shows progress bars)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
 def barrier() -> None:
@@ -152,17 +157,30 @@ def map_sharded(fn, n: int) -> np.ndarray:
     return gather_by_index(n, mine, values)
 
 
-def sum_gradients(params: list[torch.Tensor]) -> None:
-    """Sum the gradients of ``params`` over processes (one all-reduce of their concatenation).
+def batch_share(rows: Sequence) -> tuple[Sequence, slice]:
+    """This process's part of a training batch that every process drew alike: ``rows[rank::world]``
+    and the slice that cuts it, so per-row extras drawn for the whole batch (templates, negatives)
+    are cut the same way. Each trainer weights its part's loss by its share of the batch (rows,
+    targets or tokens, whichever its loss averages over) and calls :func:`sum_gradients`."""
+    part = slice(rank(), None, world_size())
+    return rows[part], part
 
-    For training loops that are not a module Accelerate can wrap (peft models scored through
-    custom methods): each process scales its loss by its share of the global batch, so the sum
-    is the global batch's gradient, as DDP's average is with an unscaled loss."""
+
+def sum_gradients(params: list[torch.Tensor]) -> None:
+    """Sum the gradients of ``params`` over processes: the one gradient synchronisation of every
+    trainer (one Accelerate all-reduce of their concatenation).
+
+    Each process has run backward on its part of the batch with the loss weighted by its share
+    (:func:`batch_share`), so the sum is the whole batch's gradient, as DDP's average is with an
+    unweighted loss. A process whose part is empty contributes zeros. Done by hand rather than by
+    wrapping models in DDP because several trainers score through custom methods of peft models
+    and leave some parameters unused in a step (task-routed experts, alternate training)."""
     if world_size() == 1:
         return
+    from accelerate.utils import reduce
+
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
-    dist.all_reduce(flat)
+    flat = reduce(torch.cat([g.reshape(-1).float() for g in grads]), reduction="sum")
     offset = 0
     for p, g in zip(params, grads):
         n = g.numel()

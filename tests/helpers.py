@@ -72,3 +72,22 @@ def train_tiny_sasrec(folder: Path, out: Path, *extra: str, crash_after: int | N
             "num_threads=1", "patience=5"]
     return subprocess.run([sys.executable, "-m", "recfm.cli", "--quiet", *args, *extra], env=env, capture_output=True,
                           text=True, timeout=300)
+
+
+def tiny_llama(vocab_size: int, seed: int = 0, *, hidden_size: int = 32, heads: int = 2, kv_heads: int = 2,
+               max_positions: int = 256, pad_token_id: int | None = None, eos_token_id: int | None = None,
+               isolate_rng: bool = False, **config):
+    """The one backbone the LLM tests build: a 2-layer Llama of seeded random weights, in eval mode.
+
+    The seed is set on torch's global generator (code the test runs next draws after it), unless
+    ``isolate_rng``: then the caller's generator state is left as it was (module-scoped fixtures)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                      num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      max_position_embeddings=max_positions, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+                      bos_token_id=None, **config)
+    with torch.random.fork_rng(devices=[], enabled=isolate_rng):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(cfg).eval()

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import PartialState
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -153,12 +153,13 @@ def full_softmax_cross_entropy(hidden: torch.Tensor, items: torch.Tensor, labels
 
 
 class NextItemLoss(nn.Module):
-    """The training forward pass as a module, so Accelerate can wrap it (DDP, FSDP).
+    """The training forward pass of a sequence model.
 
-    Each process holds a shard of the global batch. Its loss is the sum of its cross-entropies
-    divided by the global number of targets, times the number of processes: after DDP averages
-    the gradients over processes they equal the gradient of the global batch's mean loss, so one
-    process and many take the same steps (up to float summation order)."""
+    Each process holds a part of the global batch (:func:`recfm.distributed.batch_share`). Its
+    loss is the sum of its cross-entropies divided by the global number of targets: once
+    :func:`recfm.distributed.sum_gradients` has summed the gradients over processes they equal
+    the gradient of the global batch's mean loss, so one process and many take the same steps
+    (up to float summation order)."""
 
     def __init__(self, net: SequenceNet, loss: str = "ce", log_q: torch.Tensor | None = None, beta: float = 1.0):
         super().__init__()
@@ -175,10 +176,10 @@ class NextItemLoss(nn.Module):
         # position (what a model counting positions back from the last item must see)
         return self.net.encode(torch.where(mask, batch[:, :-1], 0), table), labels, mask, table
 
-    def forward(self, batch: torch.Tensor, global_targets: float, world: int,
-                negatives: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
-        if batch.shape[0] == 0:  # a shard of a batch smaller than the process count: join the gradient sync
-            return sum((p * 0).sum() for p in self.net.parameters()), 0.0
+    def forward(self, batch: torch.Tensor, global_targets: float,
+                negatives: torch.Tensor | None = None) -> tuple[torch.Tensor | None, float]:
+        if batch.shape[0] == 0:  # a part of a batch smaller than the process count: zero gradients
+            return None, 0.0
         hidden, labels, mask, table = self.target_states(batch)
         n = int(mask.sum())
         items, targets = table[1:], labels[mask] - 1
@@ -191,7 +192,7 @@ class NextItemLoss(nn.Module):
             mean = sampled_softmax_loss(hidden[mask], items, targets, negatives, self.log_q, rows)
         else:
             mean = gbce_loss(hidden[mask], items, targets, negatives, self.beta, rows)
-        return mean * (n * world / global_targets), mean.item() * n
+        return mean * (n / global_targets), mean.item() * n
 
 
 def resolve_device(name: str) -> torch.device:
@@ -338,17 +339,17 @@ class SequentialRecommender(ScoringRecommender, TrainableRecommender):
             f"{n_batches} steps/epoch, {sum(p.numel() for p in self.net.parameters())} parameters, "
             f"{torch.get_num_threads()} threads, device {self.device}"
         )
-        # One code path for one process and many: Accelerate wraps the loss module in DDP when launched
-        # with torchrun / accelerate launch, and leaves it as it is otherwise.
-        accelerator = Accelerator(cpu=self.device.type == "cpu")
-        if accelerator.num_processes > 1:
-            self.device = accelerator.device
+        # One code path for one process and many (torchrun / accelerate launch): each process trains on
+        # its part of every batch and the gradients are summed (recfm.distributed), as every trainer does.
+        world = distributed.world_size()
+        if world > 1:
+            state = PartialState(cpu=self.device.type == "cpu")
+            self.device = state.device
             self.net.to(self.device)
-            log(f"{name}: process {accelerator.process_index} of {accelerator.num_processes} "
-                f"({accelerator.distributed_type.value}); each takes 1/{accelerator.num_processes} of every batch")
+            log(f"{name}: process {state.process_index} of {world} ({state.distributed_type.value}); "
+                f"each takes 1/{world} of every batch")
         loss_module = self._loss_module(split)
         weights = None if loss_module.log_q is None else loss_module.log_q.exp().cpu()  # popularity sampling
-        step_module = accelerator.prepare_model(loss_module)
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2),
                                       weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)  # data order: batches are drawn from it at each epoch start
@@ -363,9 +364,9 @@ class SequentialRecommender(ScoringRecommender, TrainableRecommender):
         curves.start(keep=len(fs.history), elapsed=fs.elapsed)  # one line per finished epoch: none twice
 
         def save() -> None:
-            if checkpoints is not None and accelerator.is_main_process:
+            if checkpoints is not None and distributed.is_main():
                 self._checkpoint(checkpoints, fs, optimizer, best_state, rng)
-            accelerator.wait_for_everyone()
+            distributed.barrier()
 
         start = time.perf_counter() - fs.elapsed
         while fs.stopped is None:
@@ -373,7 +374,7 @@ class SequentialRecommender(ScoringRecommender, TrainableRecommender):
             rng.bit_generator.state = fs.epoch_rng  # replays this epoch's data order after a resume
             batches = epoch_batches(lengths, cfg.batch_size, rng, cfg.sort_by_length)
             t0 = time.perf_counter() - fs.epoch_seconds
-            cut = self._train_steps(step_module, accelerator, windows, lengths, batches, optimizer, fs, save, start,
+            cut = self._train_steps(loss_module, windows, lengths, batches, optimizer, fs, save, start,
                                     budget, weights)
             loss = fs.loss_sum / max(fs.targets, 1)
             train_seconds = time.perf_counter() - t0
@@ -424,27 +425,29 @@ class SequentialRecommender(ScoringRecommender, TrainableRecommender):
             "history": fs.history,
         }
 
-    def _train_steps(self, step_module: nn.Module, accelerator: Accelerator, windows: np.ndarray, lengths: np.ndarray,
+    def _train_steps(self, loss_module: NextItemLoss, windows: np.ndarray, lengths: np.ndarray,
                      batches: list[np.ndarray], optimizer, fs: "FitState", save: Callable[[], None], start: float,
                      budget: float = math.inf, weights: torch.Tensor | None = None) -> bool:
         """The rest of the current epoch, from step ``fs.step``; a checkpoint every ``checkpoint_every`` steps.
         Returns True when the time budget ran out inside the epoch (the remaining steps are skipped)."""
         cfg = self.config
-        world, me = accelerator.num_processes, accelerator.process_index
+        params = list(self.net.parameters())
         self.net.train()
         bar = tqdm(total=len(batches), initial=fs.step, desc=f"epoch {fs.epoch}", leave=False,
-                   disable=not cfg.show_progress or not accelerator.is_local_main_process, unit="step")
+                   disable=not cfg.show_progress or not distributed.is_local_main(), unit="step")
         t0 = time.perf_counter() - fs.epoch_seconds
         for idx in batches[fs.step:]:
             global_targets = float((lengths[idx] - 1).sum())
-            mine = idx[me::world]  # every process drew the same batch: it trains on its slice
+            mine, part = distributed.batch_share(idx)  # every process drew the same batch: it trains on its part
             width = int(lengths[mine].max()) if len(mine) else 1
             batch = torch.from_numpy(windows[mine, :width]).to(self.device)
             negatives = self._negatives(weights, fs.epoch, fs.step, len(idx), int(lengths[idx].max()),
-                                        slice(me, None, world))
-            loss, loss_sum = step_module(batch, global_targets, world, negatives)
+                                        part)
             optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
+            loss, loss_sum = loss_module(batch, global_targets, negatives)
+            if loss is not None:
+                loss.backward()
+            distributed.sum_gradients(params)
             optimizer.step()
             [loss_sum] = distributed.all_sum(loss_sum)
             fs.loss_sum += loss_sum

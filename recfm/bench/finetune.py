@@ -252,7 +252,7 @@ def finetune(
         if config.eval_at_start:
             record(0)
         rng = np.random.default_rng(config.seed)
-        rank, world = distributed.rank(), distributed.world_size()
+        world = distributed.world_size()
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=f"finetune ({scorer.paradigm})", unit="step", disable=not config.show_progress,
@@ -263,7 +263,7 @@ def finetune(
                 order = rng.permutation(len(y_train))
                 for start in range(0, len(order), config.batch_size):
                     rows = order[start : start + config.batch_size]
-                    mine = rows[rank::world]  # every process drew the same batch: it trains on its slice
+                    mine, _ = distributed.batch_share(rows)  # every process drew the same batch: it trains on its part
                     model.train()
                     optimizer.zero_grad(set_to_none=True)
                     local_sum = 0.0

@@ -262,13 +262,12 @@ def _losses(model: MultiTaskModel, batch: dict[str, list]) -> tuple[torch.Tensor
     embedding batch is not split: InfoNCE takes its negatives from the whole batch, so every
     process computes the whole loss and contributes 1/world of it. In one process both are the
     plain losses."""
-    rank, world = distributed.rank(), distributed.world_size()
     gen = batch.get("generative", [])
-    mine = gen[rank::world]
+    mine, _ = distributed.batch_share(gen)
     [tokens] = distributed.all_sum(model.target_tokens(mine) if mine else 0)
     gen_loss = model.generative_loss(mine, reduction="sum") / tokens if mine else torch.zeros(())
     emb = batch.get("embedding", [])
-    emb_loss = model.embedding_loss(emb) / world if len(emb) > 1 else torch.zeros(())
+    emb_loss = model.embedding_loss(emb) / distributed.world_size() if len(emb) > 1 else torch.zeros(())
     return gen_loss, emb_loss
 
 

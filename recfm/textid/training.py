@@ -491,15 +491,15 @@ class TextIDModel(TrainableRecommender):
         """The warm-start loss as a regulariser of a generator step: teacher-forced text -> current ID
         on the items of this process's histories, so that the recommendation loss cannot pull the
         generator away from readable, item-specific IDs (the "1996 1996 ..." collapse)."""
-        world = distributed.world_size()
-        hist, _ = _histories(pool, rows[distributed.rank()::world], train)
+        mine, _ = distributed.batch_share(rows)
+        hist, _ = _histories(pool, mine, train)
         windows = [np.asarray(self.rec.window(h), dtype=np.int64) for h in hist]
         items = np.unique(np.concatenate(windows)) if windows else np.zeros(0, dtype=np.int64)
         items = items[items > 0]
         if len(items) == 0:
             return
         batch = self.generator._batch([self.catalog.texts[i - 1] for i in items], [self.rec.items.texts[i] for i in items])
-        (self.generator.model(**batch).loss * (weight / world)).backward()
+        (self.generator.model(**batch).loss * (weight / distributed.world_size())).backward()
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
@@ -626,9 +626,7 @@ def _sharded_backward(rec: TextIDRecommender, rows: np.ndarray, batch_of: Callab
     builds its teacher-forcing batch, optionally with a soft-ID function) and weights its mean token
     loss by its share of the batch's target tokens, so the gradients summed over processes are the
     whole batch's. In one process the weight is 1 and this is ``loss.backward()``."""
-    rank, world = distributed.rank(), distributed.world_size()
-    shard = slice(rank, None, world)
-    mine = rows[shard]
+    mine, shard = distributed.batch_share(rows)
     local_tokens, local_sum = 0, 0.0
     if len(mine):
         built = batch_of(mine, shard)

@@ -30,7 +30,8 @@ pytest.importorskip("transformers", reason="the scorers need transformers")
 pytest.importorskip("peft", reason="fine-tuning needs peft")
 
 from pydantic import ValidationError  # noqa: E402
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
+import helpers  # noqa: E402
+from transformers import BertConfig, BertModel, LlamaForCausalLM  # noqa: E402
 
 from recfm.bench.finetune import FinetuneConfig, finetune, load_adapter, resolve_target_modules  # noqa: E402
 from recfm.bench.metrics import click_metrics  # noqa: E402
@@ -111,13 +112,8 @@ def enc_tok():
 
 
 def tiny_llama(tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    return helpers.tiny_llama(len(tokenizer), seed, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id)
 
 
 def tiny_bert(tokenizer, seed: int = 0) -> BertModel:

@@ -15,7 +15,8 @@ import torch
 
 pytest.importorskip("transformers", reason="recfm.models needs transformers (see docs/models.md)")
 
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+import helpers  # noqa: E402
+from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: E402
 
 import recfm.models.loading as loading  # noqa: E402
 from recfm.models import (  # noqa: E402
@@ -60,13 +61,7 @@ def lm_tokenizer():
 
 
 def tiny_llama(tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, pad_token_id=None,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    return helpers.tiny_llama(len(tokenizer), seed, max_positions=128, eos_token_id=tokenizer.eos_token_id)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 from test_multitask_model import word_tokenizer
-from transformers import LlamaConfig, LlamaForCausalLM
+from helpers import tiny_llama
 from typer.testing import CliRunner
 
 from recfm.cli import app
@@ -35,10 +35,7 @@ def write_fixture(tmp_path, **train) -> Path:
     records = {"Attribute": {"train": [GenRecord("Attribute", "", g["text"][0], g["text"][1]) for g in GEN]},
                "Emb_user": {"train": [EmbRecord("Emb_user", e["query"][0], e["query"][1], e["pos"][0][1]) for e in EMB]}}
     tok = word_tokenizer(records)
-    torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                                      pad_token_id=0, eos_token_id=1, bos_token_id=None))
+    lm = tiny_llama(len(tok), hidden_size=16, pad_token_id=0, eos_token_id=1)
     lm.save_pretrained(tmp_path / "lm")
     tok.save_pretrained(tmp_path / "lm")
     cfg = {"data": {"source": str(data)},

@@ -7,7 +7,8 @@ import pytest
 import torch
 from movielens_fixture import fake_movielens
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from helpers import tiny_llama
+from transformers import PreTrainedTokenizerFast
 
 from recfm.multitask.evaluate import macro_f1, ranking_metrics, score_tasks
 from recfm.multitask.model import LETTERS, MultiTaskModel, MultiTaskModelConfig, option_prompt, target_text
@@ -45,10 +46,7 @@ def word_tokenizer(records, with_embed: bool = True) -> PreTrainedTokenizerFast:
 
 def tiny_model(records, adapter="tmole", with_embed=True) -> MultiTaskModel:
     tok = word_tokenizer(records, with_embed)
-    torch.manual_seed(0)
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                                      pad_token_id=0, eos_token_id=1, bos_token_id=None, initializer_range=0.5))
+    lm = tiny_llama(len(tok), max_positions=512, pad_token_id=0, eos_token_id=1, initializer_range=0.5).train()
     # a wide init: with the default 0.02 a frozen random head caps every logit near 0.6, so no adapter could fit
     cfg = MultiTaskModelConfig(adapter=adapter, tmole=TMoLEConfig(r=4, alpha=8, dropout=0.0, task_dim=8, router_hidden=8))
     return MultiTaskModel(lm, tok, task_specs(records), cfg)

@@ -5,17 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+import helpers
+from transformers import LlamaForCausalLM
 
 from recfm.multitask.merge import ties_merge, ties_merge_tensors, trim_top_k
 from recfm.multitask.tmole import TMoLEConfig, TMoLELinear, attach_tmole
 
 
 def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
-    return LlamaForCausalLM(cfg).eval()
+    return helpers.tiny_llama(50, hidden_size=16, max_positions=32)
 
 
 SMALL = TMoLEConfig(r=2, alpha=4, dropout=0.0, n_embedding=1, n_generative=1, n_shared=1, task_dim=4, router_hidden=3)

@@ -14,7 +14,8 @@ import torch
 
 pytest.importorskip("transformers", reason="recfm.textid needs transformers (see docs/models.md)")
 
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+import helpers  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
 
 from recfm.models import build_seq2seq, train_tokenizer  # noqa: E402
 from recfm.textid.diverse_beam import (  # noqa: E402
@@ -62,13 +63,8 @@ def t5(tok):
 
 
 def tiny_llama(tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    return helpers.tiny_llama(len(tokenizer), seed, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -260,17 +260,14 @@ def test_generator_and_recommender_must_share_a_tokenizer(shop):
 
 def test_decoder_only_backbone_from_a_folder(shop, tmp_path):
     """A causal LM (tiny Llama saved with save_pretrained) trains and recommends through the same calls."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from helpers import tiny_llama
 
     from recfm.models import train_tokenizer
 
     data = load_dataset(shop, use_cache=False)
     tok = train_tokenizer([t.lower() for t in data.item_text] * 2 + TEMPLATES, vocab_size=200, lowercase=True)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "llama")
+    tiny_llama(len(tok), heads=4, max_positions=512, pad_token_id=tok.pad_token_id,
+               eos_token_id=tok.eos_token_id).save_pretrained(tmp_path / "llama")
     tok.save_pretrained(tmp_path / "llama")
     m = tiny_model(data, backbone=str(tmp_path / "llama"), prompt_ids="item", rec_epochs=2, rec_lr=1e-2)
     history = m.fit(data.split(), log=lambda s: None)

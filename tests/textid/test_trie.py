@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("transformers", reason="recfm.textid needs transformers (see docs/models.md)")
 
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from helpers import tiny_llama  # noqa: E402
 
 import recfm.textid.constrained as constrained_mod  # noqa: E402
 from recfm.models import build_seq2seq, train_tokenizer  # noqa: E402
@@ -282,14 +282,8 @@ def t5(catalog):
 @pytest.fixture(scope="module")
 def llama(catalog):
     tok, _ = catalog
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id, bos_token_id=None, tie_word_embeddings=True,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(len(tok), heads=4, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      tie_word_embeddings=True, isolate_rng=True)
 
 
 def reference_topk(model, tok, trie, prompts, k, beams):
