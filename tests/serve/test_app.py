@@ -18,6 +18,8 @@ from helpers import free_port, tiny_shop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from recfm.data.registry import load_dataset
+from recfm.recommender import TopK, TrainableRecommender
 from recfm.runs import train_run
 from recfm.serve import Limits, RecommendationService, create_app
 from recfm.serve.service import TitleIndex, normalize_title
@@ -45,6 +47,44 @@ def runs(tmp_path_factory):
         "batch_size=8", "num_beams=4", "num_threads=1", "initial_ids={kind: extractive}", "max_history=8",
         "vocab_size=200", "sequence={hidden_size: 16, num_layers: 1, num_heads: 2}"])
     return root
+
+
+class StubModel(TrainableRecommender):
+    """Scores item i as i / n_items from any history: enough for the request checks and error
+    mapping, which must not depend on what a trained model happens to answer."""
+
+    embeds_histories = True
+
+    def __init__(self, n_items: int):
+        self.n_items = n_items
+
+    def recommend(self, histories, k, exclude=None) -> TopK:
+        ranked = np.arange(self.n_items, 0, -1)
+        rows = [[i for i in ranked if not exclude or i not in exclude[b]][:k] for b in range(len(histories))]
+        items = np.array([r + [0] * (k - len(r)) for r in rows], dtype=np.int64)
+        return TopK(items=items, scores=np.where(items > 0, items / self.n_items, -np.inf))
+
+    def embed(self, histories) -> np.ndarray:
+        return np.array([[len(h), 1.0] for h in histories], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def stub_service(tmp_path_factory):
+    data = load_dataset(tiny_shop(tmp_path_factory.mktemp("stub") / "tiny-shop"), use_cache=False)
+    return RecommendationService(StubModel(data.n_items), data, model_name="stub", limits=Limits(max_history=8, max_k=20))
+
+
+@pytest.fixture(scope="module")
+def stub_client(stub_service):
+    with TestClient(create_app(stub_service, max_batch=16, max_wait_ms=20)) as c:
+        yield c
+
+
+def test_the_stub_answers_through_the_server(stub_client):
+    r = stub_client.post("/recommend", json={"history": ["i1", "i2"], "k": 3, "exclude_history": False})
+    assert r.status_code == 200, r.text
+    assert [x["rank"] for x in r.json()["items"]] == [1, 2, 3]
+    assert stub_client.post("/embed", json={"history": ["i1", "i2"]}).json()["embedding"] == [2.0, 1.0]
 
 
 @pytest.fixture(scope="module")
@@ -104,29 +144,29 @@ def test_recommend_by_ids_and_by_titles_agree_and_exclude_history(client):
     ({"history": "i1"}, 422, "history"),
     ({"history": ["i1"], "user": "u1"}, 422, "user"),
 ])
-def test_bad_requests_get_clear_4xx(client, body, status, words):
-    r = client.post("/recommend", json=body)
+def test_bad_requests_get_clear_4xx(stub_client, body, status, words):
+    r = stub_client.post("/recommend", json=body)
     assert r.status_code == status, r.text
     assert words in r.json()["error"]
 
 
-def test_malformed_json_and_oversized_bodies(client):
-    r = client.post("/recommend", content=b'{"history": ["i1",', headers={"content-type": "application/json"})
+def test_malformed_json_and_oversized_bodies(stub_client):
+    r = stub_client.post("/recommend", content=b'{"history": ["i1",', headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
-    r = client.post("/recommend", content=b'\x80', headers={"content-type": "application/json"})
+    r = stub_client.post("/recommend", content=b'\x80', headers={"content-type": "application/json"})
     assert r.status_code == 400 and "not UTF-8" in r.json()["error"]
-    assert client.get("/recommend").status_code == 405 and "error" in client.get("/recommend").json()
-    assert client.get("/nowhere").status_code == 404 and "error" in client.get("/nowhere").json()
-    r = client.post("/recommend", content=b"x" * (1 << 21), headers={"content-type": "application/json"})
+    assert stub_client.get("/recommend").status_code == 405 and "error" in stub_client.get("/recommend").json()
+    assert stub_client.get("/nowhere").status_code == 404 and "error" in stub_client.get("/nowhere").json()
+    r = stub_client.post("/recommend", content=b"x" * (1 << 21), headers={"content-type": "application/json"})
     assert r.status_code == 413
     # streamed in chunks, with no content-length to check: counted as it arrives
-    r = client.post("/recommend", content=iter([b'{"history": ["', b"i1" * (1 << 19), b'"]}']),
+    r = stub_client.post("/recommend", content=iter([b'{"history": ["', b"i1" * (1 << 19), b'"]}']),
                     headers={"content-type": "application/json"})
     assert r.status_code == 413 and "over" in r.json()["error"], r.text
-    small = client.post("/recommend", content=iter([b'{"history": ', b'["i1"], "k": 2}']),
+    small = stub_client.post("/recommend", content=iter([b'{"history": ', b'["i1"], "k": 2}']),
                         headers={"content-type": "application/json"})
     assert small.status_code == 200 and len(small.json()["items"]) == 2  # a small chunked body still works
-    assert client.get("/health").status_code == 200
+    assert stub_client.get("/health").status_code == 200
 
 
 def test_batcher_refuses_beyond_its_queue_and_never_waits_on_a_dead_worker():
@@ -237,8 +277,8 @@ bodies = st.one_of(
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=bodies, path=st.sampled_from(["/recommend", "/embed"]))
-def test_no_json_body_crashes_the_server(client, body, path):
-    r = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+def test_no_json_body_crashes_the_server(stub_client, body, path):
+    r = stub_client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
     assert r.status_code in (200, 400, 413, 422), (body, r.text)
     assert "error" in r.json() or r.status_code == 200
 
@@ -382,17 +422,17 @@ def test_titles_without_a_confident_match_are_refused_with_the_catalog_titles(mo
     assert r.exit_code == 2 and "exactly one of" in r.output
 
 
-def test_non_json_content_types_are_415(client):
+def test_non_json_content_types_are_415(stub_client):
     for headers in ({"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}, {}):
         for path in ("/recommend", "/embed"):
-            r = client.post(path, content=b'{"history": ["i1"]}', headers=headers)
+            r = stub_client.post(path, content=b'{"history": ["i1"]}', headers=headers)
             assert r.status_code == 415 and "Content-Type: application/json" in r.json()["error"], (headers, r.text)
     for ctype in ("application/json; charset=utf-8", "application/vnd.recfm+json"):
-        assert client.post("/recommend", content=b'{"history": ["i1"]}', headers={"content-type": ctype}).status_code == 200
+        assert stub_client.post("/recommend", content=b'{"history": ["i1"]}', headers={"content-type": ctype}).status_code == 200
 
 
-def test_server_errors_carry_no_exception_text(runs, caplog, monkeypatch):
-    service = RecommendationService.from_run(runs / "sasrec")
+def test_server_errors_carry_no_exception_text(stub_service, caplog, monkeypatch):
+    service = stub_service
 
     def broken(*args, **kwargs):
         raise RuntimeError("secret: /home/someone/model.bin is corrupt")
@@ -411,10 +451,10 @@ def test_server_errors_carry_no_exception_text(runs, caplog, monkeypatch):
         assert r.status_code == 503 and r.json() == {"error": "the model worker has stopped; restart the server"}
 
 
-def test_the_openapi_schema_is_the_real_contract(client):
+def test_the_openapi_schema_is_the_real_contract(stub_client):
     from recfm.serve.app import ErrorResponse
 
-    spec = client.get("/openapi.json").json()
+    spec = stub_client.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
     expected = {"/recommend": {400, 413, 415, 422, 500, 503}, "/embed": {400, 413, 415, 422, 500, 501, 503}}
     for path, statuses in expected.items():
@@ -429,20 +469,20 @@ def test_the_openapi_schema_is_the_real_contract(client):
     assert "recfm recommend" in schemas["RecommendRequest"]["properties"]["exclude_history"]["description"]
     assert "404" in spec["info"]["description"] and "405" in spec["info"]["description"]
     # and the error bodies the server really sends fit that model, status by status
-    bodies = [client.post("/recommend", content=b"{", headers={"content-type": "application/json"}),
-              client.post("/recommend", json={"history": ["i1"] * 9}), client.post("/recommend", content=b"{}"),
-              client.post("/recommend", json={"titles": ["widget"]}), client.post("/recommend", json={"k": 3}),
-              client.get("/nowhere"), client.get("/recommend")]
+    bodies = [stub_client.post("/recommend", content=b"{", headers={"content-type": "application/json"}),
+              stub_client.post("/recommend", json={"history": ["i1"] * 9}), stub_client.post("/recommend", content=b"{}"),
+              stub_client.post("/recommend", json={"titles": ["widget"]}), stub_client.post("/recommend", json={"k": 3}),
+              stub_client.get("/nowhere"), stub_client.get("/recommend")]
     assert [b.status_code for b in bodies] == [400, 413, 415, 422, 422, 404, 405]
     for b in bodies:
         ErrorResponse.model_validate_json(b.content, strict=True)
 
 
-def test_docs_pages_work_offline(client):
+def test_docs_pages_work_offline(stub_client):
     import re
 
     for page in ("/docs", "/redoc"):
-        r = client.get(page)
+        r = stub_client.get(page)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
         html = r.text
         urls = re.findall(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']|url:\s*'([^']+)'""", html)
@@ -450,8 +490,8 @@ def test_docs_pages_work_offline(client):
         assert urls and all(u.startswith("/") and not u.startswith("//") for u in urls), urls
         assert "http://" not in html and "https://" not in html  # no CDN, no fonts, no validator badge
         for u in urls:
-            assert client.get(u).status_code == 200, u
-    assert client.get("/docs/assets/nothing.js").status_code == 404
+            assert stub_client.get(u).status_code == 200, u
+    assert stub_client.get("/docs/assets/nothing.js").status_code == 404
 
 
 def test_textid_k_is_capped_at_the_search_beam_and_answers_are_prefixes(textid_client):
