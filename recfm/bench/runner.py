@@ -24,8 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recfm.bench.settings import Plan, Setting, builtin_domains, plans_for
 from recfm.bench.tasks import ClickTaskConfig, cached_pairs
-from recfm import distributed
+from recfm import __version__, distributed, rundir
 from recfm.atomic import atomic_write_json, atomic_write_text
+from recfm.errors import RecfmError
 
 log = logging.getLogger("recfm.bench")
 
@@ -76,6 +77,47 @@ class BenchConfig(BaseModel):
                 raise ValueError(f"dataset {n!r} has no domain: give `datasets: {{{n}: {{domain: ...}}}}`")
             out[n] = domain
         return out
+
+
+class BenchOutputError(RecfmError, RuntimeError):
+    """An output folder whose finished cells the config at hand would not reproduce."""
+
+
+# What a cell's figure depends on besides its (model, plan, target) key: a folder holding cells
+# made with other values of these would mix two benchmarks in one table.
+CELL_DEFINING = ("datasets", "two_stage_order", "task", "test_users", "valid_users", "train_users", "finetune",
+                 "max_title_chars")
+SAVED_CONFIG = "config.json"
+
+
+def check_output(output: Path, config: BenchConfig) -> None:
+    """Refuse an ``output`` whose finished cells this config would not reproduce, before any cell runs.
+
+    A bench folder resumes by design (finished cells are kept), and a config may grow (more models,
+    targets or settings add cells); what it may not do is change how a kept cell was computed: the
+    fields of :data:`CELL_DEFINING`, or the path, options or fine-tuning of a model already there."""
+    output = Path(output)
+    saved_file = output / SAVED_CONFIG
+    if not saved_file.is_file():
+        if output.exists() and (not output.is_dir() or any(output.iterdir())) and not rundir.is_run_dir(output):
+            raise BenchOutputError(f"{output} is not empty and holds no bench run ({SAVED_CONFIG}): choose another "
+                                   "--output")
+        return
+    try:
+        before = json.loads(saved_file.read_text(encoding="utf-8"))
+        saved_models = {m["name"]: m for m in before["models"]}
+    except (ValueError, KeyError, TypeError):
+        raise BenchOutputError(f"{saved_file} is damaged (not the config a bench run writes): choose another "
+                               "--output") from None
+    now = json.loads(config.model_dump_json())
+    changed = rundir.diff_keys({k: before.get(k) for k in CELL_DEFINING}, {k: now[k] for k in CELL_DEFINING})
+    for m in now["models"]:
+        if m["name"] in saved_models:
+            changed += rundir.diff_keys(saved_models[m["name"]], m, prefix=f"models[{m['name']}].")
+    if changed:
+        what = ", ".join(f"{key} ({a!r} there, {b!r} now)" for key, a, b in changed[:5])
+        raise BenchOutputError(f"{output} holds cells computed with another config: {what}. Its finished cells would "
+                               "be mixed with new ones: choose another --output, or restore those values")
 
 
 def slug(text: str) -> str:
@@ -134,14 +176,17 @@ class BenchRunner:
         # Under torchrun / accelerate launch every process runs the same cells: fine-tuning splits each
         # batch, scoring splits the pairs, and process 0 alone writes files.
         distributed.init()
+        check_output(self.output, self.config)
         cells = self.cells()
         todo = [c for c in cells if not self.cell_path(*c).is_file()]
         distributed.barrier()  # every process has its to-do list before the first cell file appears
         main = distributed.is_main()
         self.log(f"bench: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run -> {self.output}")
         if main:
-            (self.output).mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.output / "config.json", self.config.model_dump_json(indent=2))
+            self.output.mkdir(parents=True, exist_ok=True)
+            if not rundir.is_run_dir(self.output):
+                rundir.mark(self.output, __version__)
+            atomic_write_text(self.output / SAVED_CONFIG, self.config.model_dump_json(indent=2))
         # Cells sharing a model and a plan run together: one fine-tuning, one loaded model.
         todo.sort(key=lambda c: (self.config.models.index(c[0]), c[1].key, c[2]))
         current: tuple[str, str] | None = None

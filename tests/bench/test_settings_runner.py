@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from recfm.bench.report import transfer_rows, write_reports
-from recfm.bench.runner import BenchConfig, BenchRunner, ModelSpec
+from recfm.bench.runner import BenchConfig, BenchOutputError, BenchRunner, ModelSpec
 from recfm.bench.settings import plans_for
 from recfm.data.dataset import SequenceDataset
 
@@ -140,3 +140,26 @@ def test_model_finetune_fields_override_the_config_and_titles_are_cut(fake, tmp_
     assert (used.lr, used.max_minutes, used.lora_r, used.lora_last_layers) == (1e-4, 2, 8, 6)
     _, histories, candidates = runner.texts("ml-a", "test")
     assert max(len(t) for t in candidates) <= 8 and max(len(t) for h in histories for t in h) <= 8
+
+
+def test_a_bench_folder_grows_but_never_mixes_two_configs(fake, tmp_path):
+    cfg = bench_config(tmp_path).model_copy(update={"settings": ["zero_shot"], "targets": ["ml-a"]})
+    BenchRunner(cfg).run()
+    scored = fake["scored"]
+    # more targets and models add cells beside the finished ones
+    grown = cfg.model_copy(update={"targets": ["ml-a", "shop"],
+                                   "models": [*cfg.models, ModelSpec(name="m2", path="y", paradigm="embedding")]})
+    assert len(BenchRunner(grown).run()) == 4 and fake["scored"] == scored + 3
+    # what a finished cell was computed with may not change under it
+    for change in ({"test_users": 30}, {"task": cfg.task.model_copy(update={"history_len": 5})},
+                   {"models": [ModelSpec(name="m", path="other", paradigm="prompt")]}):
+        before = fake["scored"]
+        with pytest.raises(BenchOutputError, match="another config") as e:
+            BenchRunner(grown.model_copy(update=change)).run()
+        assert fake["scored"] == before and "choose another --output" in str(e.value)
+    assert "models[m].path ('x' there, 'other' now)" in str(e.value)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    with pytest.raises(BenchOutputError, match="holds no bench run"):
+        BenchRunner(cfg, output=foreign).run()
