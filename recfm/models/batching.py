@@ -105,3 +105,25 @@ def distinct_texts(texts) -> tuple[list[str], list[int]]:
     position: dict[str, int] = {}
     index = [position.setdefault(t, len(position)) for t in texts]
     return list(position), index
+
+
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix every row shares, leaving each row at least one token of
+    its own (what is scored after the prefix)."""
+    shortest = min(len(r) for r in rows)
+    n = 0
+    while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
+
+
+def cache_rows(cache, index: torch.Tensor):
+    """A new KV cache whose row ``b`` is row ``index[b]`` of ``cache`` (a transformers
+    ``DynamicCache``), so one cached prefix can be continued by several rows without being
+    changed by them. None when the cache has layers other than plain dynamic ones (sliding windows)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    if not all(type(layer) is DynamicLayer for layer in cache.layers):
+        return None
+    return DynamicCache([(layer.keys[index], layer.values[index]) for layer in cache.layers])

@@ -232,6 +232,42 @@ def test_prompt_batched_equals_one_at_a_time(tok):
     np.testing.assert_allclose(m.detach().numpy(), batched, atol=1e-5)
 
 
+@pytest.mark.parametrize("chat", [False, True])
+def test_shared_prefix_scores_equal_one_prompt_per_pair(tok, chat):
+    """Each history's shared prompt prefix runs once and every candidate continues from its KV
+    cache: the margins are those of one full prompt per pair, with histories of different
+    lengths (so prefixes and candidates are both padded), repeated candidates and a history
+    truncated to fit."""
+    tokenizer = tok
+    if chat:
+        tokenizer = make_tokenizer(add_eos=False)
+        tokenizer.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                                   "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    model = tiny_llama(tokenizer)
+    long = [f"{t} {f}" for t, f in zip(TOPICS, FILL)]
+    histories, candidates = [], []
+    for h, cands in ((HISTORIES[0], ["apple slow", "rocket red big", "violin"]), (HISTORIES[1], ["tiger old", "tiger old"]),
+                     (HISTORIES[2], ["engine warm cold", "apple"]), (HISTORIES[3], ["garden", "castle new", "river"]),
+                     (long, ["violin soft", "engine"])):
+        histories += [h] * len(cands)
+        candidates += cands
+    order = np.random.default_rng(0).permutation(len(candidates))  # a history's pairs need not be adjacent
+    histories, candidates = [histories[i] for i in order], [candidates[i] for i in order]
+    lengths = PromptScorer(model, tokenizer, max_length=512).token_ids(histories, candidates)
+    limit = max(len(x) for x, h in zip(lengths, histories) if h is not long)  # only the long history is cut
+    per_pair = PromptScorer(model, tokenizer, batch_size=3, max_length=limit, share_prefix=False)
+    shared = PromptScorer(model, tokenizer, batch_size=3, max_length=limit)
+    expected = per_pair.margins(histories, candidates)
+    assert per_pair.truncated == 2  # the long history lost items in both of its prompts
+    one_prompt_per_pair = shared.logit_margin
+    shared.logit_margin = None  # the shared path must not fall back to it
+    np.testing.assert_allclose(shared.margins(histories, candidates), expected, atol=1e-4)
+    shared.logit_margin = one_prompt_per_pair
+    np.testing.assert_allclose(shared.score(histories, candidates), per_pair.score(histories, candidates), atol=1e-5)
+    # every pair its own history: the one-prompt-per-pair path, unchanged
+    np.testing.assert_allclose(shared.margins(HISTORIES, CANDIDATES), per_pair.margins(HISTORIES, CANDIDATES), atol=1e-6)
+
+
 def test_prompt_truncation_drops_oldest_items(tok):
     history = [f"{t} {f}" for t, f in zip(TOPICS, FILL)]
     scorer = PromptScorer(tiny_llama(tok), tok, max_length=64)

@@ -25,14 +25,7 @@ from recfm.textid import (  # noqa: E402
 from recfm.textid.reference import DictTrie, make_prefix_allowed_tokens_fn  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models here are tiny: intra-op threads only add synchronisation (and, on a shared CPU,
-    spin-waiting that makes generate 10-20x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see the root conftest
 
 
 # ----------------------------------------------------------------------------- random tries
