@@ -76,7 +76,22 @@ def fmt(x):
     return "-" if x is None else f"{x:.4f}"
 
 
-def table(results: dict, command: str) -> str:
+def earlier_rows() -> dict[tuple[str, str], list[str]]:
+    """The recfm rows of the table now in docs/results.md, per (dataset, model): kept, with their run
+    dates, for cells this invocation neither ran nor found on disk (run directories are not kept
+    between machines), so re-running one cell never drops the others."""
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    section = re.search(r"<!-- BEGIN baselines -->(.*?)<!-- END baselines -->", text, flags=re.S)
+    rows: dict[tuple[str, str], list[str]] = {}
+    for line in (section.group(1) if section else "").splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 12 and cells[2] == "**recfm**":
+            rows.setdefault((cells[0], cells[1]), []).append(line)
+    return rows
+
+
+def table(results: dict, command: str, earlier: dict[tuple[str, str], list[str]] | None = None) -> str:
+    earlier = {k: v for k, v in (earlier or {}).items() if k not in results}
     lines = [
         f"Command: `{command}` (re-uses finished cells; `--force` retrains). Each recfm row pair is one run, "
         "`recfm train MODEL --dataset DATASET --output runs/bench/DATASET/MODEL` with the preset "
@@ -84,12 +99,21 @@ def table(results: dict, command: str) -> str:
         "(the protocol default) and once more with it excluded (`recfm evaluate --exclude-history --splits test`).  ",
         f"Table written {dt.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}; protocol: leave-one-out, full ranking over all items, model selected "
-        "on validation NDCG@10 (history kept), test scored once per history setting.",
+        "on validation NDCG@10 (history kept), test scored once per history setting."
+        + (" Rows with an earlier run date are kept from the previous table (their run directories were not on "
+           "this machine)." if earlier else ""),
         "",
         "| dataset | model | source | history | HR@10 | NDCG@10 | HR@20 | NDCG@20 | epochs (best) | train s | run date | target |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (dataset, model), m in results.items():
+    order = lambda k: (DATASETS.index(k[0]) if k[0] in DATASETS else 99, k[1])  # noqa: E731
+    for dataset, model in sorted({*results, *earlier}, key=order):
+        if (dataset, model) not in results:
+            lines += earlier[(dataset, model)]
+            lines += [f"| {dataset} | {model} | {source} | {setting} | {fmt(hr10)} | {fmt(n10)} | - | - | | | | |"
+                      for source, setting, hr10, n10 in PUBLISHED.get((dataset, model), [])]
+            continue
+        m = results[(dataset, model)]
         training = m.get("training", {})
         epochs = f"{training.get('epochs', '-')} ({training.get('best_epoch', '-')})" if training.get("epochs") else "-"
         for setting, t in (("kept", m["test"]), ("excluded", m["test_excluded"])):
@@ -132,8 +156,7 @@ def main() -> None:
             f = args.output / d / m / "metrics.json"
             if (d, m) not in results and f.is_file():
                 results[(d, m)] = run_cell(d, m, args.output, force=False)  # reused; its excluded-history score added
-    ordered = {k: results[k] for k in sorted(results, key=lambda k: (DATASETS.index(k[0]) if k[0] in DATASETS else 99, k[1]))}
-    write_section("baselines", table(ordered, "make bench  # = python benchmarks/baselines.py"))
+    write_section("baselines", table(results, "make bench  # = python benchmarks/baselines.py", earlier_rows()))
     print(f"wrote {RESULTS}")
 
 
