@@ -11,11 +11,22 @@ For each tensor name, with the task vectors ``tau_c = theta_c - theta_base`` of 
 
 ``base`` is what the checkpoints were trained from: for LoRA-style experts the weights at
 initialisation (B = 0), or None for zeros (then the checkpoints themselves are the task vectors).
+
+Two spaces to merge LoRA experts in (``space``):
+
+- ``tensors``: every tensor on its own, the A and the B of an expert separately. This is what
+  RecFound's public code does (``merge/merge_moe.py`` merges the adapter's state-dict tensors one
+  by one, the initial LoRA model as base), and our default.
+- ``delta``: each expert's update ``A @ B`` (what it adds to the frozen weight) is the task
+  vector; the merged update is factorised back to rank r by SVD (``A' = U sqrt(S)``, ``B' =
+  sqrt(S) V^T``, the best rank-r approximation). Merging A and B apart can cancel experts whose
+  factors differ only by a sign (``(-A)(-B) = AB``): in delta space they agree. Tensors that are
+  not LoRA factors (routers, task embeddings) are merged as tensors in both.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import torch
 
@@ -56,8 +67,13 @@ def ties_merge(
     density: float = 0.2,
     scale: float = 1.0,
     names: Sequence[str] | None = None,
+    space: Literal["tensors", "delta"] = "tensors",
 ) -> dict[str, torch.Tensor]:
-    """Merge the tensors ``names`` (default: every name the checkpoints share) of several state dicts."""
+    """Merge the tensors ``names`` (default: every name the checkpoints share) of several state dicts,
+    in ``space`` (module doc). In delta space, ``X.lora_A`` [n, in, r] and ``X.lora_B`` [n, r, out]
+    are the factors of n experts' updates ``A_j @ B_j``."""
+    if space not in ("tensors", "delta"):
+        raise ValueError(f"space must be 'tensors' or 'delta', got {space!r}")
     if len(checkpoints) < 1:
         raise ValueError("need at least one checkpoint")
     common = set(checkpoints[0])
@@ -68,9 +84,32 @@ def ties_merge(
     if missing:
         raise KeyError(f"tensors missing from some checkpoints: {missing[:5]}")
     merged = {}
+    if space == "delta":
+        for a_name in [n for n in names if n.endswith("lora_A") and n[: -1] + "B" in names]:
+            b_name = a_name[: -1] + "B"
+            merged[a_name], merged[b_name] = _merge_lora_deltas(
+                [(c[a_name], c[b_name]) for c in checkpoints],
+                None if base is None else (base[a_name], base[b_name]), density, scale)
     for name in names:
+        if name in merged:
+            continue
         ref = checkpoints[0][name]
         origin = base[name].float() if base is not None else torch.zeros_like(ref, dtype=torch.float32)
         tau = ties_merge_tensors([c[name].float() - origin for c in checkpoints], density)
         merged[name] = (origin + scale * tau).to(ref.dtype)
     return merged
+
+
+def _merge_lora_deltas(factors: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                       base: tuple[torch.Tensor, torch.Tensor] | None, density: float,
+                       scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """TIES over the experts' updates ``A @ B`` ([n, in, r] @ [n, r, out]), refactorised to rank r."""
+    a_ref, b_ref = factors[0]
+    origin = torch.zeros(a_ref.shape[0], a_ref.shape[1], b_ref.shape[2]) if base is None else \
+        torch.bmm(base[0].float(), base[1].float())
+    tau = ties_merge_tensors([torch.bmm(a.float(), b.float()) - origin for a, b in factors], density)
+    delta = origin + scale * tau
+    u, sv, vh = torch.linalg.svd(delta, full_matrices=False)
+    r = a_ref.shape[2]
+    root = sv[:, :r].sqrt()
+    return (u[:, :, :r] * root[:, None, :]).to(a_ref.dtype), (root[:, :, None] * vh[:, :r, :]).to(b_ref.dtype)

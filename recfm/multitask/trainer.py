@@ -22,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ class MultiTaskConfig(BaseModel):
     merge: bool = Field(True, description="TIES-merge the kept checkpoints (false = the w/o merge ablation)")
     checkpoints: int = Field(3, ge=1, description="adapter snapshots kept in the second half of training")
     merge_density: float = Field(0.8, gt=0, le=1, description="share of each task vector kept by TIES")
+    merge_space: Literal["tensors", "delta"] = Field(
+        "tensors", description="tensors: TIES over each LoRA A and B tensor apart (RecFound's public code); delta: over "
+                               "each expert's update A @ B, refactorised to rank r by SVD (recfm/multitask/merge.py)")
     steps: int = Field(200, ge=1, description="optimizer steps")
     gen_batch: int = Field(8, ge=1, description="generative records per step (B^(G))")
     emb_batch: int = Field(8, ge=1, description="embedding records per step (B^(E))")
@@ -204,9 +207,10 @@ def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig
     history["schedule"] = {b: s.log for b, s in scheds.items()}
     history["train_seconds"] = round(time.perf_counter() - t0, 1)
     if config.merge and len(snapshots) > 1:
-        merged = ties_merge(snapshots, base=initial, density=config.merge_density)
+        merged = ties_merge(snapshots, base=initial, density=config.merge_density, space=config.merge_space)
         model.tmole.load_state_dict(merged)
-        history["merged"] = {"checkpoints": history["checkpoint_steps"], "density": config.merge_density}
+        history["merged"] = {"checkpoints": history["checkpoint_steps"], "density": config.merge_density,
+                             "space": config.merge_space}
         say(f"merged {len(snapshots)} checkpoints (steps {history['checkpoint_steps']}) with TIES")
     if output_dir is not None and distributed.is_main():
         save_adapter(model, Path(output_dir))

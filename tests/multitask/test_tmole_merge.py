@@ -159,6 +159,40 @@ def test_ties_merge_of_state_dicts_relative_to_a_base():
         ties_merge([a, {"w": b["w"]}], names=["b"])
 
 
+def lora_factors(seed: int, n: int = 2, dims: tuple[int, int] = (6, 5), r: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, dims[0], r, generator=g), torch.randn(n, r, dims[1], generator=g)
+
+
+def test_delta_space_merges_the_experts_updates_and_keeps_their_rank():
+    a, b = lora_factors(0)
+    zero_b = torch.zeros_like(b)
+    base = {"q.lora_A": a, "q.lora_B": zero_b, "router": torch.zeros(3)}
+    ckpt = {"q.lora_A": a, "q.lora_B": b, "router": torch.tensor([1.0, -1.0, 2.0])}
+    # one checkpoint, nothing trimmed: the merged factors give back its update exactly (rank r already)
+    one = ties_merge([ckpt], base=base, density=1.0, space="delta")
+    torch.testing.assert_close(torch.bmm(one["q.lora_A"], one["q.lora_B"]), torch.bmm(a, b), atol=1e-5, rtol=1e-5)
+    assert one["q.lora_A"].shape == a.shape and one["q.lora_B"].shape == b.shape
+    assert one["router"].tolist() == [1.0, -1.0, 2.0]  # not a LoRA factor: merged as a tensor
+    # factors that differ by a sign make the same update: delta space agrees, tensor space cancels them
+    flipped = {"q.lora_A": -a, "q.lora_B": -b, "router": ckpt["router"]}
+    zero_a = {**base, "q.lora_A": torch.zeros_like(a)}
+    delta = ties_merge([ckpt, flipped], base=zero_a, density=1.0, space="delta")
+    torch.testing.assert_close(torch.bmm(delta["q.lora_A"], delta["q.lora_B"]), torch.bmm(a, b), atol=1e-5, rtol=1e-5)
+    tensors = ties_merge([ckpt, flipped], base=zero_a, density=1.0, space="tensors")
+    assert torch.count_nonzero(torch.bmm(tensors["q.lora_A"], tensors["q.lora_B"])) == 0
+    # two different updates: the merge is the best rank-r approximation of their TIES merge
+    a2, b2 = lora_factors(1)
+    two = ties_merge([ckpt, {**ckpt, "q.lora_A": a2, "q.lora_B": b2}], base=base, density=0.5, space="delta")
+    target = ties_merge_tensors([torch.bmm(a, b), torch.bmm(a2, b2)], density=0.5)
+    best = torch.linalg.svdvals(target)[:, 2:].square().sum(-1).sqrt()  # Eckart-Young: the rank-2 residual
+    got = torch.linalg.matrix_norm(target - torch.bmm(two["q.lora_A"], two["q.lora_B"]))
+    assert torch.linalg.matrix_rank(target).min() > 2  # a real truncation
+    torch.testing.assert_close(got, best, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="space"):
+        ties_merge([ckpt], space="factors")
+
+
 def test_last_layers_limits_the_adapted_projections():
     tmole = attach_tmole(tiny_llama(), SMALL.model_copy(update={"last_layers": 1}), ["generative"])
     assert sorted(tmole.layers) == [f"model.layers.1.self_attn.{p}" for p in ("k_proj", "o_proj", "q_proj", "v_proj")]
