@@ -466,6 +466,11 @@ def bench_report(output: Path = typer.Argument(..., help="a bench results folder
         out.print(f"{name}: {path}")
 
 
+def _without_outcomes(tasks: dict[str, dict]) -> dict[str, dict]:
+    """The metrics to print: the per-record outcomes stay in metrics.json."""
+    return {t: {k: v for k, v in m.items() if k != "outcomes"} for t, m in tasks.items()}
+
+
 def _multitask_config(config: Optional[Path], overrides: list[str]):
     """The YAML config with ``section.key=value`` overrides (``train.steps=50``, ``data.build.history_len=5``)."""
     from pydantic import ValidationError
@@ -495,7 +500,7 @@ def multitask_train(
 
     with user_errors():
         metrics = train_run(_multitask_config(config, list(ctx.args)), output, resume=resume)
-    out.print_json(json.dumps(metrics["tasks"]))
+    out.print_json(json.dumps(_without_outcomes(metrics["tasks"])))
 
 
 @multitask_app.command("evaluate")
@@ -505,7 +510,7 @@ def multitask_evaluate(run: Path = typer.Option(..., "--run", help="a `recfm mul
 
     with user_errors():
         metrics = evaluate_run(run)
-    out.print_json(json.dumps(metrics["tasks"]))
+    out.print_json(json.dumps(_without_outcomes(metrics["tasks"])))
 
 
 @multitask_app.command("ablation", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -7,6 +7,10 @@
   spaces ignored), accuracy and macro-F1 over the reference answers.
 - Embedding tasks: each test query ranks the task's test corpus (every distinct positive and
   hard negative of the task's test records) by cosine; NDCG@20 and MRR@20 of its positive.
+
+Every task's metrics keep the per-record outcomes they were computed from (``outcomes``: the
+reference and predicted answers, or the positive's rank), so :func:`bootstrap_interval` can put a
+95% interval on any of them, and on an average over tasks, without scoring again.
 """
 
 from __future__ import annotations
@@ -47,10 +51,14 @@ def generative_scores(model, records: Sequence[GenRecord], batch_size: int = 8) 
     acc = float(np.mean([t == p for t, p in zip(truth, pred)]))
     fixed_labels = len({tuple(r.options) for r in with_options}) == 1 and not free
     out = {"records": len(records), "accuracy": acc}
+    outcomes = {"truth": truth, "pred": pred}
     if fixed_labels or free:
-        out["macro_f1"] = macro_f1(truth, pred, with_options[0].options if fixed_labels else None)
+        labels = list(with_options[0].options) if fixed_labels else None
+        out["macro_f1"] = macro_f1(truth, pred, labels)
+        outcomes["labels"] = labels
     else:
         out["recall@1"] = acc
+    out["outcomes"] = outcomes
     return out
 
 
@@ -75,7 +83,8 @@ def embedding_scores(model, records: Sequence[EmbRecord], batch_size: int = 16, 
     target = torch.tensor([index[r.positive] for r in records])
     own = sims[torch.arange(len(records)), target]
     ranks = ((sims >= own[:, None]).sum(1) - 1).cpu().numpy()  # 0 = best; ties count against the positive
-    return {"records": len(records), "corpus": len(corpus), **ranking_metrics(ranks, k)}
+    return {"records": len(records), "corpus": len(corpus), **ranking_metrics(ranks, k),
+            "outcomes": {"ranks": ranks.tolist(), "k": k}}
 
 
 def score_tasks(model, test: dict[str, Sequence], kinds: dict[str, str], limit: int | None = None) -> dict[str, dict]:
@@ -89,3 +98,32 @@ def score_tasks(model, test: dict[str, Sequence], kinds: dict[str, str], limit: 
             out[task] = (generative_scores(model, records) if kinds[task] == "generative"
                          else embedding_scores(model, records))
     return out
+
+
+def metric_on(metrics: dict, key: str, rows: np.ndarray | None = None) -> float:
+    """``key`` of a task's metrics recomputed from its outcomes, on the records ``rows`` (all: None)."""
+    o = metrics["outcomes"]
+    if "ranks" in o:
+        ranks = np.asarray(o["ranks"])
+        return ranking_metrics(ranks if rows is None else ranks[rows], o["k"])[key]
+    truth, pred = (o["truth"], o["pred"]) if rows is None else \
+        ([o["truth"][i] for i in rows], [o["pred"][i] for i in rows])
+    if key == "macro_f1":
+        return macro_f1(truth, pred, o.get("labels"))
+    return float(np.mean([t == p for t, p in zip(truth, pred)]))  # accuracy, recall@1
+
+
+def bootstrap_interval(cells: Sequence[tuple[dict, str]], n: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of ``key`` over the tasks ``cells`` ((metrics, key)
+    pairs; one pair = one task's metric): each replicate resamples every task's test records with
+    replacement, independently. None when a task has no outcomes (metrics written before they
+    were kept)."""
+    if not cells or any("outcomes" not in m for m, _ in cells):
+        return None
+    rng = np.random.default_rng(seed)
+    sizes = [len(m["outcomes"].get("ranks", m["outcomes"].get("truth", []))) for m, _ in cells]
+    reps = [np.mean([metric_on(m, key, rng.integers(0, size, size)) for (m, key), size in zip(cells, sizes)])
+            for _ in range(n)]
+    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)

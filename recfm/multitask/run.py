@@ -298,7 +298,12 @@ def ablation(config: MultiTaskRunConfig, output: Path, variants: list[str] | Non
     return output / "table.md"
 
 
-def ablation_table(results: dict[str, dict]) -> str:
+def ablation_table(results: dict[str, dict], intervals: bool = True) -> str:
+    """One row per variant: each task's main metric and the generative / embedding averages, each
+    with its bootstrap 95% interval over the test records (``intervals``; runs written before
+    per-record outcomes were kept show the value alone)."""
+    from recfm.multitask.evaluate import bootstrap_interval
+
     tasks = list(next(iter(results.values()))["tasks"])
 
     def main_metric(m: dict) -> tuple[str, float]:
@@ -310,6 +315,10 @@ def ablation_table(results: dict[str, dict]) -> str:
     header = "| variant | " + " | ".join(f"{t} ({main_metric(results[next(iter(results))]['tasks'][t])[0]})"
                                          for t in tasks) + " | gen. avg | emb. avg | train s |"
     lines = [header, "|" + "---|" * (len(tasks) + 4)]
+    def cell(value: float, parts: list[tuple[dict, str]]) -> str:
+        ci = bootstrap_interval(parts) if intervals else None
+        return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
     for name, res in results.items():
         vals, gen, emb = [], [], []
         for t in tasks:
@@ -318,8 +327,10 @@ def ablation_table(results: dict[str, dict]) -> str:
                 vals.append("-")
                 continue
             key, v = main_metric(m)
-            vals.append(f"{v:.3f}")
-            (emb if key == "ndcg@20" else gen).append(v)
-        lines.append(f"| {name} | " + " | ".join(vals) + f" | {np.mean(gen):.3f} | {np.mean(emb):.3f} | "
+            vals.append(cell(v, [(m, key)]))
+            (emb if key == "ndcg@20" else gen).append((m, key, v))
+        averages = [cell(float(np.mean([v for _, _, v in group])), [(m, k) for m, k, _ in group]) if group else "-"
+                    for group in (gen, emb)]
+        lines.append(f"| {name} | " + " | ".join(vals) + f" | {averages[0]} | {averages[1]} | "
                      f"{res.get('train_seconds', 0):.0f} |")
     return "\n".join(lines)

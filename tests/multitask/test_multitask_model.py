@@ -10,12 +10,13 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from helpers import tiny_llama
 from transformers import PreTrainedTokenizerFast
 
-from recfm.multitask.evaluate import macro_f1, ranking_metrics, score_tasks
+from recfm.multitask.evaluate import bootstrap_interval, macro_f1, metric_on, ranking_metrics, score_tasks
 from recfm.multitask.model import LETTERS, MultiTaskModel, MultiTaskModelConfig, option_prompt, target_text
 from recfm.multitask.records import EMBED_TOKEN, GenRecord
 from recfm.multitask.movielens_tasks import MovieLensTasks, TaskConfig
 from recfm.multitask.s2sched import S2SchedConfig
 from recfm.multitask.tmole import TMoLEConfig
+from recfm.multitask.run import ablation_table
 from recfm.multitask.trainer import MultiTaskConfig, load_adapter, task_specs, train_multitask
 
 TASKS = ["seqrec", "sentiment", "matching", "user2item", "query2item"]
@@ -166,9 +167,38 @@ def test_metrics_by_hand(records):
     assert m["ndcg@20"] == pytest.approx((1 + 1 / np.log2(3)) / 3) and m["mrr@20"] == pytest.approx(0.5)
     scores = score_tasks(tiny_model(records), {t: records[t]["test"] for t in TASKS},
                          {t: ("embedding" if t.endswith("item") else "generative") for t in TASKS}, limit=5)
-    assert set(scores["seqrec"]) == {"records", "accuracy", "recall@1"}
-    assert set(scores["sentiment"]) == {"records", "accuracy", "macro_f1"}
-    assert {"ndcg@20", "mrr@20", "corpus"} <= set(scores["user2item"])
+    assert set(scores["seqrec"]) == {"records", "accuracy", "recall@1", "outcomes"}
+    assert set(scores["sentiment"]) == {"records", "accuracy", "macro_f1", "outcomes"}
+    assert {"ndcg@20", "mrr@20", "corpus", "outcomes"} <= set(scores["user2item"])
+    # every metric is recomputed exactly from the outcomes kept beside it
+    for task, key in (("seqrec", "recall@1"), ("sentiment", "macro_f1"), ("user2item", "ndcg@20"), ("user2item", "mrr@20")):
+        assert metric_on(scores[task], key) == pytest.approx(scores[task][key])
+
+
+def test_bootstrap_intervals_cover_the_estimate_and_shrink_with_more_records():
+    rng = np.random.default_rng(0)
+
+    def accuracy_task(n: int) -> dict:
+        truth = ["a"] * n
+        pred = ["a" if x else "b" for x in rng.random(n) < 0.6]
+        return {"records": n, "accuracy": np.mean([t == p for t, p in zip(truth, pred)]),
+                "outcomes": {"truth": truth, "pred": pred}}
+
+    small, large = accuracy_task(100), accuracy_task(2000)
+    lo, hi = bootstrap_interval([(small, "accuracy")])
+    assert lo < small["accuracy"] < hi
+    # a binomial proportion: the 95% interval is about +-1.96 sqrt(p(1-p)/n)
+    assert (hi - lo) / 2 == pytest.approx(1.96 * np.sqrt(0.24 / 100), rel=0.2)
+    wide, narrow = hi - lo, np.subtract(*bootstrap_interval([(large, "accuracy")])[::-1])
+    assert narrow < wide / 3
+    assert bootstrap_interval([(small, "accuracy")]) == (lo, hi)  # seeded: the same interval every time
+    ranks = {"records": 50, "outcomes": {"ranks": list(rng.integers(0, 40, 50)), "k": 20}}
+    ranks["ndcg@20"] = ranking_metrics(np.array(ranks["outcomes"]["ranks"]), 20)["ndcg@20"]
+    avg_lo, avg_hi = bootstrap_interval([(small, "accuracy"), (ranks, "ndcg@20")])
+    assert avg_lo < (small["accuracy"] + ranks["ndcg@20"]) / 2 < avg_hi
+    assert bootstrap_interval([({"accuracy": 0.5}, "accuracy")]) is None  # written before outcomes were kept
+    table = ablation_table({"a": {"tasks": {"t1": small, "t2": ranks}, "train_seconds": 3}})
+    assert f"{small['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]" in table and table.count("[") == 4  # 2 tasks, 2 averages
 
 
 def test_an_added_embed_token_gets_the_mean_row_every_time(records):
