@@ -8,8 +8,11 @@ user's list being 1 positive and ``--negatives`` sampled negatives (histories of
 items, titles cut to ``--title-chars``, the CPU preset's wording), twice: with
 ``share_prefix=False`` (every pair its own full prompt) and with ``share_prefix=True`` (each
 history's shared prompt prefix once, each candidate from its KV cache). It reports pairs/s of
-both, the speed-up, and the largest difference of the two margins, and writes the
-'bench-md-speed' section of docs/results.md.
+both, the speed-up, and the largest difference of the two margins. Then it LoRA-fine-tunes the
+top ``--lora-layers`` layers on ``--train-pairs`` training pairs for ``--epochs`` epochs, twice:
+through the whole model at every step (``cache_frozen_layers=False``) and from the hidden states
+below the adapted layers, kept from each pair's first step (``True``), and reports training
+samples/s of both. It writes the 'bench-md-speed' section of docs/results.md.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--autocast", default="bf16", choices=["bf16", "none"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: recfm's default)")
+    ap.add_argument("--train-pairs", type=int, default=96)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--lora-layers", type=int, default=6)
     ap.add_argument("--no-write", action="store_true", help="print, do not write docs/results.md")
     args = ap.parse_args()
 
@@ -50,7 +56,8 @@ def main() -> None:
     cfg = BenchConfig(targets=[args.dataset], models=[{"name": "smollm2", "path": "smollm2-135m-instruct",
                                                        "paradigm": "prompt"}],
                       task={"history_len": args.history, "negatives_per_positive": args.negatives, "seed": 0},
-                      test_users=args.users, max_title_chars=args.title_chars)
+                      test_users=args.users, train_users=args.train_pairs, valid_users=4,
+                      max_title_chars=args.title_chars)
     runner = BenchRunner(cfg, output=Path("runs/bench-md-speed"))
     pairs, histories, candidates = runner.texts(args.dataset, "test")
     autocast = None if args.autocast == "none" else args.autocast
@@ -65,6 +72,22 @@ def main() -> None:
             t0 = time.perf_counter()
             figures[share] = scorer.margins(histories, candidates)
             figures[f"{share}_s"] = time.perf_counter() - t0
+        train_pairs, train_h, train_c = runner.texts(args.dataset, "train")
+        keep = np.arange(min(args.train_pairs, len(train_c)))
+        valid_pairs, valid_h, valid_c = runner.texts(args.dataset, "valid")
+        valid = (valid_pairs.group, valid_h, valid_c, valid_pairs.label)
+        from recfm.bench.finetune import FinetuneConfig, finetune
+
+        training = {}
+        for cache in (False, True):
+            fresh = load_scorer("smollm2-135m-instruct", "prompt", batch_size=args.batch_size, autocast=autocast,
+                                progress=False)
+            cfg = FinetuneConfig(lora_last_layers=args.lora_layers, epochs=args.epochs, batch_size=args.batch_size,
+                                 eval_every=10**6, eval_at_start=False, show_progress=False, cache_frozen_layers=cache)
+            t0 = time.perf_counter()
+            history = finetune(fresh, ([train_h[i] for i in keep], [train_c[i] for i in keep],
+                                       train_pairs.label[keep]), valid, cfg, log=None)
+            training[cache] = (time.perf_counter() - t0, history)
     n = len(candidates)
     slow, fast = n / figures["False_s"], n / figures["True_s"]
     diff = float(np.max(np.abs(figures[False] - figures[True])))
@@ -80,6 +103,17 @@ def main() -> None:
             f"Speed-up {fast / slow:.2f}x; largest margin difference between the two {diff:.2e} "
             "(bf16 autocast rounds the two paths' different matrix shapes differently; the float32 unit test holds "
             "them within 1e-4).")
+    n_train = len(keep) * args.epochs
+    (slow_s, slow_h), (fast_s, fast_h) = training[False], training[True]
+    loss_gap = float(np.max(np.abs(np.subtract(slow_h["losses"], fast_h["losses"]))))
+    body += (f"\n\nLoRA fine-tuning (rank 32, top {args.lora_layers} layers, batch {args.batch_size}, {len(keep)} "
+             f"training pairs x {args.epochs} epochs = {n_train} samples, {len(slow_h['losses'])} steps; the seconds "
+             "include one final validation of 4 pairs):\n\n"
+             "| training | seconds | samples/s |\n|---|---|---|\n"
+             f"| whole model every step (`cache_frozen_layers: false`) | {slow_s:.1f} | {n_train / slow_s:.2f} |\n"
+             f"| top layers from kept frozen states (`cache_frozen_layers: true`, default) | {fast_s:.1f} | "
+             f"{n_train / fast_s:.2f} |\n\n"
+             f"Speed-up {slow_s / fast_s:.2f}x; largest per-step loss difference {loss_gap:.2e}.")
     print(body)
     if not args.no_write:
         write_section("bench-md-speed", body)

@@ -72,6 +72,11 @@ class FinetuneConfig(BaseModel):
         None, ge=1, description="adapt only the top N transformer layers (None = all): backward stops below them, "
         "which halves a CPU step of SmolLM2 with N=6 of 30",
     )
+    cache_frozen_layers: bool = Field(
+        True, description="with lora_last_layers, prompt paradigm: keep each training prompt's hidden states below the "
+        "adapted layers from its first step (the frozen layers make the same every time) and run only the top layers "
+        "after; the same losses and gradients as the full pass, one float32 state per prompt token in memory",
+    )
     optimizer: Literal["adam"] = Field("adam", description="Adam, as in the paper")
     lr: float = Field(1e-4, gt=0, description="learning rate (paper: 1e-4)")
     weight_decay: float = Field(0.0, ge=0)
@@ -177,6 +182,43 @@ def _rng_devices(model) -> list[int]:
     return [device.index or 0] if device.type == "cuda" else []
 
 
+class _FrozenStates:
+    """The training prompts' hidden states below the adapted layers, made on a prompt's first step
+    and reused after (``config.cache_frozen_layers``; inactive for the embedding paradigm, without
+    ``lora_last_layers`` and for models whose layers cannot be split)."""
+
+    def __init__(self, scorer, config: FinetuneConfig, histories, candidates):
+        from recfm.models.batching import splittable
+
+        self.scorer, self.top = scorer, config.lora_last_layers
+        self.histories, self.candidates = histories, candidates
+        self.active = bool(config.cache_frozen_layers and self.top and scorer.paradigm == "prompt"
+                           and splittable(scorer.model) and not self._trains_below(scorer.model, self.top))
+        self.states: dict[int, torch.Tensor] = {}
+
+    @staticmethod
+    def _trains_below(model, top: int) -> bool:
+        """Whether any trainable weight lives below the top ``top`` layers (an adapter of an earlier
+        stage trained on all layers): then the lower layers are not frozen and nothing is cached."""
+        import re
+
+        from recfm.models.batching import unwrap_peft
+
+        first_top = len(unwrap_peft(model).model.layers) - top
+        for name, p in model.named_parameters():
+            m = re.search(r"\.layers\.(\d+)\.", name)
+            if p.requires_grad and (m is None or int(m.group(1)) < first_top):
+                return True
+        return False
+
+    def margins(self, rows: Sequence[int]) -> torch.Tensor:
+        new = [int(r) for r in rows if int(r) not in self.states]
+        if new:
+            ids = self.scorer.token_ids([self.histories[r] for r in new], [self.candidates[r] for r in new])
+            self.states.update(zip(new, self.scorer.frozen_states(ids, self.top)))
+        return self.scorer.top_margin([self.states[int(r)] for r in rows], self.top)
+
+
 def finetune(
     scorer,
     train: tuple[Sequence[Sequence[str]], Sequence[str], Sequence[int]],
@@ -251,6 +293,7 @@ def finetune(
 
         if config.eval_at_start:
             record(0)
+        frozen = _FrozenStates(scorer, config, train_h, train_c)
         rng = np.random.default_rng(config.seed)
         world = distributed.world_size()
         from tqdm.auto import tqdm
@@ -271,7 +314,9 @@ def finetune(
                         h = [train_h[r] for r in mine]
                         c = [train_c[r] for r in mine]
                         target = torch.as_tensor(y_train[mine], device=params[0].device)
-                        if scorer.paradigm == "prompt":
+                        if frozen.active:
+                            logits = frozen.margins(mine)
+                        elif scorer.paradigm == "prompt":
                             logits = scorer.logit_margin(scorer.encode(h, c))
                         else:
                             logits = config.cosine_scale * scorer.cosine(h, c) + bias

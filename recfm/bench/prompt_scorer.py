@@ -14,7 +14,8 @@ import torch
 
 from recfm.compute import eval_mode
 from recfm.models.batching import (autocast_context, autocast_dtype, batch_progress, cache_rows, common_prefix_length,
-                                   forward_params, length_batches, model_device, pad_batch, pad_token_id)
+                                   decoder_layers, forward_params, length_batches, model_device, pad_batch, pad_rows,
+                                   pad_token_id, unwrap_peft)
 
 log = logging.getLogger("recfm.bench")
 
@@ -210,6 +211,39 @@ class PromptScorer:
     def logit_margin(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """LSE(yes logits) - LSE(no logits) at the last position, one per row (keeps gradients)."""
         with autocast_context(model_device(self.model), self.autocast):
+            logits = self.model(**batch, **self._extra).logits[:, -1, :].float()
+        return logits[:, self.yes_ids].logsumexp(-1) - logits[:, self.no_ids].logsumexp(-1)
+
+    # -- training through the top layers only ---------------------------------------------------
+    def frozen_states(self, ids: Sequence[Sequence[int]], top: int) -> list[torch.Tensor]:
+        """Each prompt's hidden states below the top ``top`` layers ([len, d] float32 on the CPU):
+        what frozen lower layers make of it, the same at every step, so a LoRA on the top layers
+        can be trained from them (:meth:`top_margin`)."""
+        n_layers = len(unwrap_peft(self.model).model.layers)
+        device = model_device(self.model)
+        out: list[torch.Tensor] = [None] * len(ids)  # type: ignore[list-item]
+        with torch.inference_mode(), eval_mode(self.model), autocast_context(device, self.autocast), \
+                decoder_layers(self.model, slice(0, n_layers - top), final_norm=False) as inner:
+            for rows in length_batches([len(x) for x in ids], self.batch_size):
+                batch = self.collate([ids[r] for r in rows])
+                hidden = inner(**batch).last_hidden_state.float().cpu()
+                for j, r in enumerate(rows):
+                    out[r] = hidden[j, hidden.shape[1] - len(ids[r]):].clone()  # left-padded: the row's end
+        return out
+
+    def top_margin(self, states: Sequence[torch.Tensor], top: int) -> torch.Tensor:
+        """:meth:`logit_margin` of the prompts whose :meth:`frozen_states` are ``states``, running
+        only the top ``top`` layers (with gradients for their adapters)."""
+        n_layers = len(unwrap_peft(self.model).model.layers)
+        device = model_device(self.model)
+        width = max(len(h) for h in states)
+        hidden = torch.zeros(len(states), width, states[0].shape[1])
+        for j, h in enumerate(states):
+            hidden[j, width - len(h):] = h
+        mask = pad_rows([[1] * len(h) for h in states], 0, left=True)
+        batch = {"inputs_embeds": hidden.to(device), "attention_mask": mask.to(device),
+                 "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(device)}
+        with decoder_layers(self.model, slice(n_layers - top, n_layers)), autocast_context(device, self.autocast):
             logits = self.model(**batch, **self._extra).logits[:, -1, :].float()
         return logits[:, self.yes_ids].logsumexp(-1) - logits[:, self.no_ids].logsumexp(-1)
 

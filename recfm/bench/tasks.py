@@ -78,7 +78,8 @@ class ClickTaskConfig(BaseModel):
     split: Literal["test", "valid", "train"] = Field("test", description="which leave-one-out stage the pairs come from")
     history_len: int = Field(20, ge=1, description="most recent history items kept per pair (RecBench-MD truncates to 20)")
     negatives_per_positive: int = Field(
-        1, ge=1, description="sampled negatives per positive; 1 = balanced pairs, each group holds 1 + this many candidates"
+        4, ge=1, description="sampled negatives per positive: each user's list holds 1 + this many candidates, so GAUC, "
+        "NDCG@5 and MRR rank a real list (1 = balanced pairs)"
     )
     train_positions_per_user: int | None = Field(
         5, ge=1, description="train split: most recent training positions used per user (None = all)"

@@ -127,3 +127,35 @@ def cache_rows(cache, index: torch.Tensor):
     if not all(type(layer) is DynamicLayer for layer in cache.layers):
         return None
     return DynamicCache([(layer.keys[index], layer.values[index]) for layer in cache.layers])
+
+
+# Decoder families whose inner model runs its layers in order on ``inputs_embeds`` with nothing
+# added to them first (Gemma, for one, scales its input embeddings inside the forward pass).
+SPLITTABLE = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def splittable(model) -> bool:
+    """Whether :func:`decoder_layers` can run a part of ``model``'s layer stack."""
+    base = unwrap_peft(model)
+    inner = getattr(base, "model", None)
+    return getattr(base.config, "model_type", None) in SPLITTABLE and all(
+        hasattr(inner, a) for a in ("layers", "norm", "embed_tokens"))
+
+
+@contextlib.contextmanager
+def decoder_layers(model, part: slice, final_norm: bool = True):
+    """Inside, ``model``'s decoder stack is only ``layers[part]`` (and has no final norm unless
+    ``final_norm``): the model's own forward pass, masks and rotary positions run a slice of its
+    layers. The bottom slice without the norm maps tokens to the hidden states between two
+    layers; the top slice maps those states, given as ``inputs_embeds``, to logits."""
+    if not splittable(model):
+        raise ValueError(f"cannot split the layers of {type(unwrap_peft(model)).__name__} (supported: {SPLITTABLE})")
+    inner = unwrap_peft(model).model
+    layers, norm = inner.layers, inner.norm
+    inner.layers = torch.nn.ModuleList(list(layers)[part])
+    if not final_norm:
+        inner.norm = torch.nn.Identity()
+    try:
+        yield inner
+    finally:
+        inner.layers, inner.norm = layers, norm

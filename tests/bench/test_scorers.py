@@ -540,6 +540,44 @@ def test_lora_last_layers_adapts_only_the_top_layers_and_still_learns(tok):
     assert all(p.dtype == torch.float32 for n, p in scorer.model.named_parameters() if "lora_" in n)
 
 
+def test_top_layers_from_frozen_states_equal_the_full_pass(tok):
+    """The hidden states below the adapted layers, computed once and fed back through the top
+    layers only, give the full pass's margins and the same gradients on every adapter weight
+    (prompts of different lengths, so both paths pad)."""
+    from peft import LoraConfig, get_peft_model
+
+    scorer = PromptScorer(tiny_llama(tok), tok)
+    torch.manual_seed(0)
+    scorer.model = get_peft_model(scorer.model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, layers_to_transform=[1],
+                                                           target_modules=["q_proj", "v_proj"]))
+    for n, p in scorer.model.named_parameters():  # B = 0 at init would hide a wrong gradient path
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    ids = scorer.token_ids(HISTORIES, CANDIDATES)
+    assert len({len(x) for x in ids}) == 4
+    adapters = [p for n, p in scorer.model.named_parameters() if p.requires_grad]
+    full = scorer.logit_margin(scorer.collate(ids))
+    full_grads = torch.autograd.grad(full.sum(), adapters)
+    split = scorer.top_margin(scorer.frozen_states(ids, top=1), top=1)
+    split_grads = torch.autograd.grad(split.sum(), adapters)
+    torch.testing.assert_close(split, full, atol=1e-5, rtol=1e-5)
+    for a, b in zip(split_grads, full_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert len(scorer.model.get_base_model().model.layers) == 2  # the stack is whole again
+
+
+def test_finetune_from_frozen_states_takes_the_full_pass_steps(tok):
+    cfg = FinetuneConfig(**{**FT, "lora_last_layers": 1, "max_steps": 20, "eval_every": 10})
+    runs = {}
+    for cache in (False, True):
+        scorer = PromptScorer(tiny_llama(tok), tok)
+        if cache:  # the cached path never encodes a training batch for the whole model
+            scorer.encode = None
+        runs[cache] = finetune(scorer, TRAIN[1:], VALID, cfg.model_copy(update={"cache_frozen_layers": cache}), log=None)
+    np.testing.assert_allclose(runs[True]["losses"], runs[False]["losses"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(runs[True]["valid_auc"], runs[False]["valid_auc"], atol=1e-4)
+
+
 @pytest.mark.slow
 def test_finetune_under_two_processes_matches_one(tmp_path):
     """The same LoRA fine-tune, alone and as two gloo processes (torchrun) that each take half of every
