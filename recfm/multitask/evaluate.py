@@ -3,10 +3,15 @@
 - Generative tasks with options: accuracy and macro-F1 over the label set (the option texts when
   every record has the same options, e.g. sentiments; otherwise the task is a per-record choice,
   like the 20-way next-movie question, and its accuracy is Recall@1).
-- Generative tasks without options: exact match of the greedy answer (case and surrounding
-  spaces ignored), accuracy and macro-F1 over the reference answers.
+- Generative tasks without options (free text): the greedy answer (up to ``answer_tokens``
+  tokens) against the reference, token-level F1 (SQuAD-style: lower-cased word overlap, averaged
+  over records) and exact-match accuracy.
 - Embedding tasks: each test query ranks the task's test corpus (every distinct positive and
   hard negative of the task's test records) by cosine; NDCG@20 and MRR@20 of its positive.
+
+:func:`paper_metric` names the figure RecFound's tables report per task: F1 for the generative
+tasks (macro-F1 over labels, token F1 for free text), Recall@1 for sequential recommendation,
+NDCG@20 for Item2Item, MRR@20 for User2Item and Query2Item.
 
 Every task's metrics keep the per-record outcomes they were computed from (``outcomes``: the
 reference and predicted answers, or the positive's rank), so :func:`bootstrap_interval` can put a
@@ -37,7 +42,21 @@ def macro_f1(truth: Sequence[str], pred: Sequence[str], labels: Sequence[str] | 
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def generative_scores(model, records: Sequence[GenRecord], batch_size: int = 8) -> dict:
+def token_f1(truth: str, pred: str) -> float:
+    """Word-overlap F1 of an answer (SQuAD's): lower-cased whitespace tokens, counted with multiplicity."""
+    from collections import Counter
+
+    t, p = truth.lower().split(), pred.lower().split()
+    if not t or not p:
+        return float(t == p)
+    common = sum((Counter(t) & Counter(p)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(t)
+    return 2 * precision * recall / (precision + recall)
+
+
+def generative_scores(model, records: Sequence[GenRecord], batch_size: int = 8, answer_tokens: int = 128) -> dict:
     with_options = [r for r in records if r.options]
     free = [r for r in records if not r.options]
     truth, pred = [], []
@@ -47,12 +66,14 @@ def generative_scores(model, records: Sequence[GenRecord], batch_size: int = 8) 
         pred += [r.options[i] for r, i in zip(with_options, picks)]
     if free:
         truth += [r.response.strip().lower() for r in free]
-        pred += [a.strip().lower() for a in model.answer(free)]
+        pred += [a.strip().lower() for a in model.answer(free, max_new_tokens=answer_tokens)]
     acc = float(np.mean([t == p for t, p in zip(truth, pred)]))
     fixed_labels = len({tuple(r.options) for r in with_options}) == 1 and not free
     out = {"records": len(records), "accuracy": acc}
     outcomes = {"truth": truth, "pred": pred}
-    if fixed_labels or free:
+    if free and not with_options:
+        out["token_f1"] = float(np.mean([token_f1(t, p) for t, p in zip(truth, pred)]))
+    elif fixed_labels or free:
         labels = list(with_options[0].options) if fixed_labels else None
         out["macro_f1"] = macro_f1(truth, pred, labels)
         outcomes["labels"] = labels
@@ -87,7 +108,8 @@ def embedding_scores(model, records: Sequence[EmbRecord], batch_size: int = 16, 
             "outcomes": {"ranks": ranks.tolist(), "k": k}}
 
 
-def score_tasks(model, test: dict[str, Sequence], kinds: dict[str, str], limit: int | None = None) -> dict[str, dict]:
+def score_tasks(model, test: dict[str, Sequence], kinds: dict[str, str], limit: int | None = None,
+                answer_tokens: int = 128) -> dict[str, dict]:
     """{task: metrics} over the first ``limit`` test records of every task."""
     out = {}
     for task, records in test.items():
@@ -95,7 +117,7 @@ def score_tasks(model, test: dict[str, Sequence], kinds: dict[str, str], limit: 
         if not records:
             continue
         with eval_mode(model.model):
-            out[task] = (generative_scores(model, records) if kinds[task] == "generative"
+            out[task] = (generative_scores(model, records, answer_tokens=answer_tokens) if kinds[task] == "generative"
                          else embedding_scores(model, records))
     return out
 
@@ -110,6 +132,8 @@ def metric_on(metrics: dict, key: str, rows: np.ndarray | None = None) -> float:
         ([o["truth"][i] for i in rows], [o["pred"][i] for i in rows])
     if key == "macro_f1":
         return macro_f1(truth, pred, o.get("labels"))
+    if key == "token_f1":
+        return float(np.mean([token_f1(t, p) for t, p in zip(truth, pred)]))
     return float(np.mean([t == p for t, p in zip(truth, pred)]))  # accuracy, recall@1
 
 
@@ -127,3 +151,16 @@ def bootstrap_interval(cells: Sequence[tuple[dict, str]], n: int = 1000, level: 
             for _ in range(n)]
     lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+ITEM_TO_ITEM = ("item2item", "emb_item")  # our task name and RecFound's
+
+
+def paper_metric(task: str, metrics: dict) -> str:
+    """The key of ``metrics`` RecFound reports for ``task`` (module doc)."""
+    if "ndcg@20" in metrics:
+        return "ndcg@20" if task.lower() in ITEM_TO_ITEM else "mrr@20"
+    for key in ("recall@1", "token_f1", "macro_f1"):
+        if key in metrics:
+            return key
+    return "accuracy"

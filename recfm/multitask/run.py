@@ -183,7 +183,8 @@ def _score(model, records, config: MultiTaskRunConfig) -> dict:
     from recfm.multitask.evaluate import score_tasks
 
     kinds = {t.name: t.kind for t in model.tasks}
-    return score_tasks(model, {t: records[t]["test"] for t in kinds}, kinds, config.train.eval_records)
+    return score_tasks(model, {t: records[t]["test"] for t in kinds}, kinds, config.train.eval_records,
+                       config.train.answer_tokens)
 
 
 class MultiTaskRunError(RecfmError, RuntimeError):
@@ -302,18 +303,12 @@ def ablation_table(results: dict[str, dict], intervals: bool = True) -> str:
     """One row per variant: each task's main metric and the generative / embedding averages, each
     with its bootstrap 95% interval over the test records (``intervals``; runs written before
     per-record outcomes were kept show the value alone)."""
-    from recfm.multitask.evaluate import bootstrap_interval
+    from recfm.multitask.evaluate import bootstrap_interval, paper_metric
 
     tasks = list(next(iter(results.values()))["tasks"])
-
-    def main_metric(m: dict) -> tuple[str, float]:
-        for key in ("macro_f1", "recall@1", "ndcg@20"):
-            if key in m:
-                return key, m[key]
-        return "accuracy", m["accuracy"]
-
-    header = "| variant | " + " | ".join(f"{t} ({main_metric(results[next(iter(results))]['tasks'][t])[0]})"
-                                         for t in tasks) + " | gen. avg | emb. avg | train s |"
+    first = results[next(iter(results))]["tasks"]
+    header = "| variant | " + " | ".join(f"{t} ({paper_metric(t, first[t])})" for t in tasks) + \
+        " | gen. avg | emb. avg | train s |"
     lines = [header, "|" + "---|" * (len(tasks) + 4)]
     def cell(value: float, parts: list[tuple[dict, str]]) -> str:
         ci = bootstrap_interval(parts) if intervals else None
@@ -326,9 +321,10 @@ def ablation_table(results: dict[str, dict], intervals: bool = True) -> str:
             if m is None:
                 vals.append("-")
                 continue
-            key, v = main_metric(m)
+            key = paper_metric(t, m)
+            v = m[key]
             vals.append(cell(v, [(m, key)]))
-            (emb if key == "ndcg@20" else gen).append((m, key, v))
+            (emb if key in ("ndcg@20", "mrr@20") else gen).append((m, key, v))
         averages = [cell(float(np.mean([v for _, _, v in group])), [(m, k) for m, k, _ in group]) if group else "-"
                     for group in (gen, emb)]
         lines.append(f"| {name} | " + " | ".join(vals) + f" | {averages[0]} | {averages[1]} | "

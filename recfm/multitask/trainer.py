@@ -60,6 +60,7 @@ class MultiTaskConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient-norm clip")
     max_minutes: float | None = Field(None, gt=0, description="stop training after this long (wall clock)")
     eval_records: int | None = Field(200, ge=1, description="test records scored per task (None = all)")
+    answer_tokens: int = Field(128, ge=1, description="most tokens generated for a free-text answer when scoring")
     checkpoint_every: int = Field(25, ge=0, description="write a resumable checkpoint every this many steps (0 = never)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = the recfm default")
     seed: int = Field(0, description="seed of initialisation and task sampling")
@@ -67,7 +68,7 @@ class MultiTaskConfig(BaseModel):
 
 
 # Settings that may differ on resume without changing what is computed.
-RESUME_FREE = {"num_threads", "max_minutes", "checkpoint_every", "eval_records", "report_to"}
+RESUME_FREE = {"num_threads", "max_minutes", "checkpoint_every", "eval_records", "answer_tokens", "report_to"}
 CHECKPOINTS = "checkpoints"
 
 

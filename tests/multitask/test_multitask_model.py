@@ -10,7 +10,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from helpers import tiny_llama
 from transformers import PreTrainedTokenizerFast
 
-from recfm.multitask.evaluate import bootstrap_interval, macro_f1, metric_on, ranking_metrics, score_tasks
+from recfm.multitask.evaluate import (bootstrap_interval, macro_f1, metric_on, paper_metric, ranking_metrics,
+                                     score_tasks, token_f1)
 from recfm.multitask.model import LETTERS, MultiTaskModel, MultiTaskModelConfig, option_prompt, target_text
 from recfm.multitask.records import EMBED_TOKEN, GenRecord
 from recfm.multitask.movielens_tasks import MovieLensTasks, TaskConfig
@@ -175,6 +176,21 @@ def test_metrics_by_hand(records):
         assert metric_on(scores[task], key) == pytest.approx(scores[task][key])
 
 
+def test_paper_metrics_token_f1_and_the_metric_each_task_reports():
+    assert token_f1("the cat sat", "the cat sat") == 1.0
+    assert token_f1("the cat sat down", "a cat sat") == pytest.approx(2 * (2 / 3) * (2 / 4) / (2 / 3 + 2 / 4))
+    assert token_f1("yes", "") == 0.0 and token_f1("", "") == 1.0 and token_f1("Yes", "yes") == 1.0
+    emb = {"ndcg@20": 0.5, "mrr@20": 0.4}
+    assert [paper_metric(t, emb) for t in ("item2item", "Emb_item", "user2item", "query2item", "Emb_user")] == \
+        ["ndcg@20", "ndcg@20", "mrr@20", "mrr@20", "mrr@20"]
+    assert paper_metric("seqrec", {"accuracy": 0.1, "recall@1": 0.1}) == "recall@1"
+    assert paper_metric("profile_text", {"accuracy": 0.0, "token_f1": 0.3}) == "token_f1"
+    assert paper_metric("sentiment", {"accuracy": 0.5, "macro_f1": 0.4}) == "macro_f1"
+    free = {"records": 2, "accuracy": 0.0, "token_f1": 0.75,
+            "outcomes": {"truth": ["a b", "c d"], "pred": ["a b x", "c"]}}
+    assert metric_on(free, "token_f1") == pytest.approx((0.8 + 2 / 3) / 2)
+
+
 def test_bootstrap_intervals_cover_the_estimate_and_shrink_with_more_records():
     rng = np.random.default_rng(0)
 
@@ -193,11 +209,12 @@ def test_bootstrap_intervals_cover_the_estimate_and_shrink_with_more_records():
     assert narrow < wide / 3
     assert bootstrap_interval([(small, "accuracy")]) == (lo, hi)  # seeded: the same interval every time
     ranks = {"records": 50, "outcomes": {"ranks": list(rng.integers(0, 40, 50)), "k": 20}}
-    ranks["ndcg@20"] = ranking_metrics(np.array(ranks["outcomes"]["ranks"]), 20)["ndcg@20"]
+    ranks.update(ranking_metrics(np.array(ranks["outcomes"]["ranks"]), 20))
     avg_lo, avg_hi = bootstrap_interval([(small, "accuracy"), (ranks, "ndcg@20")])
     assert avg_lo < (small["accuracy"] + ranks["ndcg@20"]) / 2 < avg_hi
     assert bootstrap_interval([({"accuracy": 0.5}, "accuracy")]) is None  # written before outcomes were kept
-    table = ablation_table({"a": {"tasks": {"t1": small, "t2": ranks}, "train_seconds": 3}})
+    table = ablation_table({"a": {"tasks": {"t1": small, "item2item": ranks}, "train_seconds": 3}})
+    assert "item2item (ndcg@20)" in table
     assert f"{small['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]" in table and table.count("[") == 4  # 2 tasks, 2 averages
 
 
