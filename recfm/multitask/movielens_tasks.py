@@ -13,6 +13,12 @@ Tasks built by :class:`MovieLensTasks` (``GEN_TASKS`` and ``EMB_TASKS`` in :mod:
 | user2item | history -> next movie | ML-1M sequences | user |
 | item2item | movie -> the movie watched next | ML-1M sequences | pair (and user) |
 | query2item | genre + decade query -> a matching movie | ML-1M catalog | movie |
+| user_profile | history -> free-text profile: the history's two commonest genres and decade | ML-1M sequences | user |
+| item_profile | title -> free-text profile: release decade and genres | ML-1M catalog | movie |
+
+The last two (``FREE_TEXT_TASKS``) have no options: the answer is generated and scored by token
+F1. A user profile is a summary of the history shown in its own prompt (what the user watched
+before the target position), never of later items.
 
 Users are split into train / valid / test groups (80/10/10, seeded); a user's records land in
 one group only, so no validation or test user's items reach training. Co-consumption (relation,
@@ -26,8 +32,8 @@ from typing import Iterable
 
 import numpy as np
 
-from recfm.multitask.records import (EMB_TASKS, GEN_TASKS, INSTRUCTIONS, RELATIONS, SENTIMENTS, SPLITS, EmbRecord,
-                                     GenRecord, Record)
+from recfm.multitask.records import (EMB_TASKS, FREE_TEXT_TASKS, GEN_TASKS, INSTRUCTIONS, RELATIONS, SENTIMENTS,
+                                     SPLITS, EmbRecord, GenRecord, Record)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,6 +96,14 @@ def _instruction(task: str, rng: np.random.Generator) -> str:
     return options[int(rng.integers(len(options)))]
 
 
+def _commonest(values: list[str], n: int) -> list[str]:
+    """The ``n`` most frequent values, ties broken by first appearance (so the answer is deterministic)."""
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return sorted(counts, key=lambda v: -counts[v])[:n]
+
+
 def _cap(records: list, limit: int | None, rng: np.random.Generator) -> list:
     if limit is None or len(records) <= limit:
         return records
@@ -120,8 +134,9 @@ class MovieLensTasks:
         self.genres = sorted({g for m in self.movies.values() for g in m.genres})
 
     def _rng(self, task: str, split: str) -> np.random.Generator:
-        return np.random.default_rng([self.config.seed, GEN_TASKS.index(task) if task in GEN_TASKS else
-                                      10 + EMB_TASKS.index(task), SPLITS.index(split)])
+        stream = (GEN_TASKS.index(task) if task in GEN_TASKS else 10 + EMB_TASKS.index(task) if task in EMB_TASKS
+                  else 20 + FREE_TEXT_TASKS.index(task))
+        return np.random.default_rng([self.config.seed, stream, SPLITS.index(split)])
 
     def _history_text(self, items: list[str]) -> str:
         return "\n".join(f"{i + 1}. {self.movies[k].text()}" for i, k in enumerate(items))
@@ -191,6 +206,28 @@ class MovieLensTasks:
                     options.append(other)
             rng.shuffle(options)
             out.append(GenRecord("profile", _instruction("profile", rng), f"Movie: {m.title}", truth, options))
+        return _cap(out, self.config.max_records, rng)
+
+    def user_profile(self, split: str) -> list[GenRecord]:
+        rng, out = self._rng("user_profile", split), []
+        for user, window, t in self._user_cases(split, rng):
+            shown = [self.movies[k] for k in window[:t]]
+            if not shown:
+                continue
+            genres = _commonest([g for m in shown for g in m.genres], 2)
+            decade = _commonest([m.decade for m in shown], 1)
+            answer = f"likes {' and '.join(genres) or 'no genre in particular'}; mostly movies from the {decade[0]}"
+            out.append(GenRecord("user_profile", _instruction("user_profile", rng),
+                                 "History:\n" + self._history_text(window[:t]), answer))
+        return _cap(out, self.config.max_records, rng)
+
+    def item_profile(self, split: str) -> list[GenRecord]:
+        rng, out = self._rng("item_profile", split), []
+        for k in self.keys:
+            m = self.movies[k]
+            if self.movie_group[k] == split and m.genres:
+                out.append(GenRecord("item_profile", _instruction("item_profile", rng), f"Movie: {m.title}",
+                                     f"released in the {m.decade}; genres: {', '.join(m.genres)}"))
         return _cap(out, self.config.max_records, rng)
 
     def _co_consumed(self, split: str) -> list[tuple[str, str]]:

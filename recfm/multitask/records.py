@@ -63,9 +63,20 @@ INSTRUCTIONS: dict[str, list[str]] = {
     "user2item": ["Given a user's viewing history, retrieve the movie they will watch next."],
     "item2item": ["Given a movie, retrieve a movie that people watch right after it."],
     "query2item": ["Given a search query, retrieve a movie that matches it."],
+    "user_profile": [
+        "Describe this user's taste from the movies they watched: their favourite genres and decade.",
+        "Write a short profile of the viewer below: which genres and which era they watch most.",
+    ],
+    "item_profile": [
+        "Describe this movie: its release decade and its genres.",
+        "Write the movie's profile: when it came out and which genres it belongs to.",
+    ],
 }
 GEN_TASKS = ("seqrec", "sentiment", "attribute", "profile", "relation", "matching")
 EMB_TASKS = ("user2item", "item2item", "query2item")
+# Free-text generation (no options, scored by token F1): built on request (``data.tasks``), not by
+# default, so the CPU preset's figures keep their task set.
+FREE_TEXT_TASKS = ("user_profile", "item_profile")
 
 
 @dataclass

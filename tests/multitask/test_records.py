@@ -9,7 +9,7 @@ import pytest
 from movielens_fixture import fake_movielens
 from recfm.multitask.movielens_tasks import MovieLensTasks, TaskConfig
 from recfm.multitask.recfound_jsonl import read_recfound_jsonl
-from recfm.multitask.records import EMB_TASKS, GEN_TASKS, SENTIMENTS, EmbRecord, GenRecord, read_records, write_records
+from recfm.multitask.records import EMB_TASKS, FREE_TEXT_TASKS, GEN_TASKS, SENTIMENTS, EmbRecord, GenRecord, read_records, write_records
 
 @pytest.fixture(scope="module")
 def tasks():
@@ -53,6 +53,23 @@ def test_building_is_seeded(tasks):
     ml1m, ml100k = fake_movielens()
     again = MovieLensTasks(ml1m, ml100k, TaskConfig(history_len=5, max_records=None)).build(["seqrec", "relation"])
     assert again["seqrec"]["test"] == tasks["seqrec"]["test"] and again["relation"]["valid"] == tasks["relation"]["valid"]
+
+
+def test_free_text_profiles_summarise_only_what_the_prompt_shows():
+    ml1m, ml100k = fake_movielens()
+    built = MovieLensTasks(ml1m, ml100k, TaskConfig(history_len=5, max_records=None)).build(list(FREE_TEXT_TASKS))
+    for split in ("train", "valid", "test"):
+        users, items = built["user_profile"][split], built["item_profile"][split]
+        assert users and items and all(not r.options for r in users + items)
+        for r in users:
+            genres = r.response.split(";")[0].removeprefix("likes ").split(" and ")
+            decade = r.response.rsplit("from the ", 1)[1]
+            assert all(g in r.input for g in genres)  # every genre named is one of the shown movies'
+            shown_years = [line.split("(")[-1][:3] for line in r.input.splitlines()[1:]]
+            assert decade[:3] in shown_years
+        for r in items:
+            assert r.response.startswith("released in the ") and "genres: " in r.response
+    assert {r.input for r in built["item_profile"]["train"]}.isdisjoint({r.input for r in built["item_profile"]["test"]})
 
 
 def test_jsonl_round_trip_and_bad_lines(tmp_path, tasks):
