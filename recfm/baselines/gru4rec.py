@@ -31,6 +31,7 @@ class GRU4RecNet(SequenceNet):
     def __init__(self, config: GRU4RecConfig, n_items: int):
         super().__init__()
         self.item_emb = nn.Embedding(n_items + 1, config.embedding_size, padding_idx=0)
+        self.item_dropout = config.item_dropout
         self.drop = nn.Dropout(config.dropout)
         self.gru = nn.GRU(
             config.embedding_size,
@@ -52,8 +53,6 @@ class GRU4RecNet(SequenceNet):
         out, _ = self.gru(self.drop(F.embedding(seqs, self.item_embeddings() if items is None else items, padding_idx=0)))
         return self.proj(out)
 
-    def item_embeddings(self) -> torch.Tensor:
-        return self.item_emb.weight
 
 
 class GRU4Rec(SequentialRecommender):

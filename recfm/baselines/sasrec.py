@@ -41,9 +41,6 @@ class SASRecConfig(SequentialTrainConfig):
     inner_size: int | None = Field(
         None, ge=1, description="feed-forward width; None = 4 * hidden_size (pre_ln) or hidden_size (sasrec)")
     dropout: float = Field(0.5, ge=0, lt=1, description="embedding, attention and residual dropout")
-    item_dropout: float = Field(
-        0.0, ge=0, lt=1, description="dropout on the item table itself, once per training step, shared by inputs and "
-                                     "outputs (RecTools' item net; 0 = none)")
     block: Literal["pre_ln", "sasrec"] = Field(
         "pre_ln", description="pre_ln: GPT-style pre-LN block; sasrec: the SASRec authors' block (normalised "
                               "queries only, ReLU feed-forward of width hidden_size)")
@@ -153,10 +150,6 @@ class SASRecNet(SequenceNet):
             x = block(x)
         return self.ln(x)
 
-    def item_embeddings(self) -> torch.Tensor:
-        if self.training and self.item_dropout > 0:
-            return F.dropout(self.item_emb.weight, self.item_dropout)
-        return self.item_emb.weight
 
 
 class SASRec(SequentialRecommender):

@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from accelerate import PartialState
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
@@ -64,6 +65,9 @@ class SequentialTrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
     adam_beta2: float = Field(0.999, gt=0, lt=1, description="Adam(W) second-moment decay (SASRec's code: 0.98)")
     max_len: int = Field(50, ge=1, description="longest history the model reads; longer training sequences are windowed")
+    item_dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout on the item table itself, once per training step, shared by inputs and "
+                                     "outputs (RecTools' item net; 0 = none)")
     patience: int = Field(10, ge=1, description="stop after this many epochs without validation improvement")
     eval_every: int = Field(1, ge=1, description="validate every this many epochs (and after the last one)")
     seed: int = Field(42, description="seeds weight init, shuffling and dropout")
@@ -96,7 +100,11 @@ class SequentialTrainConfig(BaseModel):
 
 
 class SequenceNet(nn.Module):
-    """What a next-item network provides to the trainer."""
+    """What a next-item network provides to the trainer. Subclasses hold their item table as
+    ``item_emb`` (tied between input and output) and ``item_dropout`` (the config's)."""
+
+    item_emb: nn.Embedding
+    item_dropout: float = 0.0
 
     def encode(self, seqs: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) right-padded item indices (0 = padding) -> (B, T, d) causal hidden states:
@@ -107,8 +115,11 @@ class SequenceNet(nn.Module):
 
     def item_embeddings(self) -> torch.Tensor:
         """(n_items + 1, d) item embeddings, tied between input and output; row 0 is padding and never
-        scored. In training mode a model may regularise the table (dropout), once per call."""
-        raise NotImplementedError
+        scored. In training mode with ``item_dropout``, the table with dropout, a fresh mask per call
+        (the trainer calls it once per step and reads inputs and outputs from that one table)."""
+        if self.training and self.item_dropout > 0:
+            return F.dropout(self.item_emb.weight, self.item_dropout)
+        return self.item_emb.weight
 
 
 class FullSoftmaxCrossEntropy(torch.autograd.Function):
