@@ -108,7 +108,7 @@ def main() -> None:
     loss_gap = float(np.max(np.abs(np.subtract(slow_h["losses"], fast_h["losses"]))))
     body += (f"\n\nLoRA fine-tuning (rank 32, top {args.lora_layers} layers, batch {args.batch_size}, {len(keep)} "
              f"training pairs x {args.epochs} epochs = {n_train} samples, {len(slow_h['losses'])} steps; the seconds "
-             "include one final validation of 4 pairs):\n\n"
+             "include one final validation of 4 users' lists):\n\n"
              "| training | seconds | samples/s |\n|---|---|---|\n"
              f"| whole model every step (`cache_frozen_layers: false`) | {slow_s:.1f} | {n_train / slow_s:.2f} |\n"
              f"| top layers from kept frozen states (`cache_frozen_layers: true`, default) | {fast_s:.1f} | "
