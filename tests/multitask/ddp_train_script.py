@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # its tests, tests/helpers.py
 
 from recfm import distributed  # noqa: E402
 from recfm.multitask.s2sched import S2SchedConfig  # noqa: E402
