@@ -54,7 +54,6 @@ class GRU4RecNet(SequenceNet):
         return self.proj(out)
 
 
-
 class GRU4Rec(SequentialRecommender):
     config_class = GRU4RecConfig
 

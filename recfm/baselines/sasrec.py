@@ -151,7 +151,6 @@ class SASRecNet(SequenceNet):
         return self.ln(x)
 
 
-
 class SASRec(SequentialRecommender):
     config_class = SASRecConfig
 

@@ -146,6 +146,7 @@ class PromptScorer:
         elif "num_logits_to_keep" in params:
             self._extra["num_logits_to_keep"] = 1
         self._cacheable = "use_cache" in params and "past_key_values" in params and self._position_ids
+        self._last_logits = dict(self._extra)  # for forward passes that do use a cache
         if "use_cache" in params:
             self._extra["use_cache"] = False
         self.truncated = 0  # prompts that lost history items in the last call
@@ -212,14 +213,22 @@ class PromptScorer:
         """LSE(yes logits) - LSE(no logits) at the last position, one per row (keeps gradients)."""
         with autocast_context(model_device(self.model), self.autocast):
             logits = self.model(**batch, **self._extra).logits[:, -1, :].float()
+        return self._yes_minus_no(logits)
+
+    def _yes_minus_no(self, logits: torch.Tensor) -> torch.Tensor:
+        """LSE(yes logits) - LSE(no logits) of last-position logits [rows, vocab]."""
         return logits[:, self.yes_ids].logsumexp(-1) - logits[:, self.no_ids].logsumexp(-1)
+
+    @property
+    def _n_layers(self) -> int:
+        return len(unwrap_peft(self.model).model.layers)
 
     # -- training through the top layers only ---------------------------------------------------
     def frozen_states(self, ids: Sequence[Sequence[int]], top: int) -> list[torch.Tensor]:
         """Each prompt's hidden states below the top ``top`` layers ([len, d] float32 on the CPU):
         what frozen lower layers make of it, the same at every step, so a LoRA on the top layers
         can be trained from them (:meth:`top_margin`)."""
-        n_layers = len(unwrap_peft(self.model).model.layers)
+        n_layers = self._n_layers
         device = model_device(self.model)
         out: list[torch.Tensor] = [None] * len(ids)  # type: ignore[list-item]
         with torch.inference_mode(), eval_mode(self.model), autocast_context(device, self.autocast), \
@@ -234,7 +243,7 @@ class PromptScorer:
     def top_margin(self, states: Sequence[torch.Tensor], top: int) -> torch.Tensor:
         """:meth:`logit_margin` of the prompts whose :meth:`frozen_states` are ``states``, running
         only the top ``top`` layers (with gradients for their adapters)."""
-        n_layers = len(unwrap_peft(self.model).model.layers)
+        n_layers = self._n_layers
         device = model_device(self.model)
         width = max(len(h) for h in states)
         hidden = torch.zeros(len(states), width, states[0].shape[1])
@@ -245,7 +254,7 @@ class PromptScorer:
                  "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(device)}
         with decoder_layers(self.model, slice(n_layers - top, n_layers)), autocast_context(device, self.autocast):
             logits = self.model(**batch, **self._extra).logits[:, -1, :].float()
-        return logits[:, self.yes_ids].logsumexp(-1) - logits[:, self.no_ids].logsumexp(-1)
+        return self._yes_minus_no(logits)
 
     # -- scoring ---------------------------------------------------------------------------------
     def margins(self, histories: Sequence[Sequence[str]], candidates: Sequence[str]) -> np.ndarray:
@@ -289,7 +298,7 @@ class PromptScorer:
                 pre_ids, pre_mask = pre_ids.to(device), pre_mask.to(device)
                 prefix = self.model(input_ids=pre_ids, attention_mask=pre_mask, use_cache=True,
                                     position_ids=(pre_mask.cumsum(-1) - 1).clamp(min=0),
-                                    **{k: v for k, v in self._extra.items() if k != "use_cache"}).past_key_values
+                                    **self._last_logits).past_key_values
                 rows = [(j, p) for j, g in enumerate(batch) for p in groups[g]]
                 for start in range(0, len(rows), self.batch_size):
                     part = rows[start : start + self.batch_size]
@@ -302,9 +311,8 @@ class PromptScorer:
                     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, pre_ids.shape[1]:]
                     logits = self.model(input_ids=suf_ids.to(device), attention_mask=mask, position_ids=positions,
                                         past_key_values=past, use_cache=True,
-                                        **{k: v for k, v in self._extra.items() if k != "use_cache"}).logits[:, -1, :].float()
-                    margin = logits[:, self.yes_ids].logsumexp(-1) - logits[:, self.no_ids].logsumexp(-1)
-                    out[[p for _, p in part]] = margin.cpu().numpy()
+                                        **self._last_logits).logits[:, -1, :].float()
+                    out[[p for _, p in part]] = self._yes_minus_no(logits).cpu().numpy()
                 bar.update(1)
         return out
 

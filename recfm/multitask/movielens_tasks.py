@@ -55,6 +55,10 @@ class Movie:
     def decade(self) -> str:
         return f"{self.year[:3]}0s" if len(self.year) == 4 and self.year.isdigit() else "unknown decade"
 
+    def profile(self) -> str:
+        """The item profile the profile tasks ask for: release decade and genres."""
+        return f"released in the {self.decade}; genres: {', '.join(self.genres)}"
+
 
 def movies_from_raw(raw) -> dict[str, Movie]:
     """Movies of a MovieLens RawDataset catalog (fields movie_title, release_year, genre or class)."""
@@ -190,18 +194,14 @@ class MovieLensTasks:
 
     def profile(self, split: str) -> list[GenRecord]:
         rng, out = self._rng("profile", split), []
-
-        def describe(m: Movie) -> str:
-            return f"released in the {m.decade}; genres: {', '.join(m.genres)}"
-
         for k in self.keys:
             if self.movie_group[k] != split:
                 continue
             m, options = self.movies[k], []
-            truth = describe(m)
+            truth = m.profile()
             options.append(truth)
             while len(options) < 4:
-                other = describe(self.movies[self.keys[int(rng.integers(len(self.keys)))]])
+                other = self.movies[self.keys[int(rng.integers(len(self.keys)))]].profile()
                 if other not in options:
                     options.append(other)
             rng.shuffle(options)
@@ -227,7 +227,7 @@ class MovieLensTasks:
             m = self.movies[k]
             if self.movie_group[k] == split and m.genres:
                 out.append(GenRecord("item_profile", _instruction("item_profile", rng), f"Movie: {m.title}",
-                                     f"released in the {m.decade}; genres: {', '.join(m.genres)}"))
+                                     m.profile()))
         return _cap(out, self.config.max_records, rng)
 
     def _co_consumed(self, split: str) -> list[tuple[str, str]]:
