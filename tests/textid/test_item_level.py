@@ -129,3 +129,25 @@ def test_zero_shot_on_an_unseen_catalog_through_the_cli(shop, tmp_path):
 def test_item_level_needs_rec_only():
     with pytest.raises(ValueError, match="rec_only"):
         TextIDConfig(formulation="items", strategy="alternate")
+
+
+def test_the_auxiliary_item_loss_is_the_catalog_softmax_and_its_sampled_estimate():
+    rec = random_recommender(2)
+    rec.model.item_loss_negatives = 0
+    states = torch.randn(5, 16)
+    targets = torch.tensor([1, 4, 4, 9, 16])
+    vectors = rec.model.item_vectors(torch.arange(1, 17), rec.id_tokens) * rec.model.item_scale
+    exact = torch.nn.functional.cross_entropy(states @ vectors.T, targets - 1)
+    assert torch.isclose(rec.item_loss(states, targets), exact, atol=1e-5)  # item_loss_negatives: 0 is exact
+    # every item drawn once as a negative: the target's copy is masked, so the softmax is the catalog's
+    assert torch.isclose(rec.item_loss(states, targets, negatives=torch.arange(1, 17)), exact, atol=1e-5)
+    rec.model.item_loss_weight = 1.0
+    windows = torch.tensor([[1, 4, 9, 0], [16, 4, 1, 2]])
+    with_item, _ = rec.loss(windows)
+    rec.model.item_loss_weight = 0.0
+    without, _ = rec.loss(windows)
+    assert with_item > without
+
+
+def test_no_target_reaches_the_item_level_model_with_the_item_loss(shop, monkeypatch):
+    assert_targets_never_reach_training(shop, monkeypatch, {**ITEMS, "items": {**ITEMS["items"], "item_loss_weight": 1.0}})
