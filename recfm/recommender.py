@@ -83,6 +83,8 @@ class TrainableRecommender:
     uses_catalog: ClassVar[bool] = False  # the constructor and load() take catalog= (item keys, texts, titles)
     zero_shot: ClassVar[bool] = False  # for_catalog(catalog) gives the trained model on an unseen dataset's items
     embeds_histories: ClassVar[bool] = False  # embed(histories) -> (batch, d) array whose dot products score items
+    embeds_text: ClassVar[bool] = False  # embed_texts(texts, task, role) and embedding_tasks (multitask runs)
+    answers: ClassVar[bool] = False  # answer(requests) for generative task records and generative_tasks (multitask)
 
     def textual_ids(self) -> list[str] | None:
         """Each item's textual ID (index 0 = item 1) for models that recommend by ID text, else None."""

@@ -75,7 +75,8 @@ def load_run_config(path: Path | None, overrides: dict | None = None) -> MultiTa
     return MultiTaskRunConfig.model_validate(deep_merge(data or {}, overrides or {}))
 
 
-def _raw(name: str):
+def load_raw(name: str):
+    """The raw MovieLens dataset ``name`` as its registry entry reads it."""
     from recfm.data.registry import resolve
     from recfm.data.sources import FORMATS
 
@@ -91,7 +92,7 @@ def build_records(data: DataConfig, cache_root: Path) -> dict[str, dict[str, lis
     folder = cache_root / f"records-{key}"
     if not (folder / "done.json").is_file():
         log.info("building task records from MovieLens-1M and MovieLens-100K -> %s", folder)
-        built = MovieLensTasks(_raw("movielens-1m"), _raw("movielens-100k"), TaskConfig(**data.build)).build(data.tasks)
+        built = MovieLensTasks(load_raw("movielens-1m"), load_raw("movielens-100k"), TaskConfig(**data.build)).build(data.tasks)
         if distributed.is_main():  # the other processes built the same records; one writes them
             counts = {t: {s: write_records(rs, folder / f"{t}.{s}.jsonl") for s, rs in splits.items()}
                       for t, splits in built.items()}

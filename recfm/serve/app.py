@@ -3,6 +3,8 @@
     POST /recommend  {"history": ["1193", "661"], "k": 10, "exclude_history": true}
                      {"titles": ["Toy Story"], "k": 5, "fuzzy": false}
     POST /embed      {"history": [...]} or {"titles": [...]}   (models with embeddings)
+                     {"query": "a comedy from the 1990s", "task": "query2item"} or {"item": "..."}  (multitask runs)
+    POST /answer     {"task": "attribute", "input": "Toy Story (1995)", "options": ["Animation", ...]}  (multitask runs)
     GET  /health     model, dataset, catalog size, limits (max_k, search_beam), batching counters
     GET  /docs, /redoc, /openapi.json   (the documentation pages' scripts are served from here: no CDN)
 
@@ -65,6 +67,31 @@ class HistoryRequest(BaseModel):
         "high-confidence match is refused (422, with the closest catalog titles) unless `fuzzy` is true")
     fuzzy: bool = Field(False, description="take the closest catalog title (score 0.6 or more) for a title without a "
                         "confident match; the reply's `resolved` shows what each title became")
+
+
+class EmbedRequest(HistoryRequest):
+    task: str | None = Field(None, description="multitask runs: the embedding task whose experts and instruction "
+                             "embed the input (default: the history -> next item retrieval task)")
+    query: str | None = Field(None, description="multitask runs: a text embedded as the task's query (instead of a "
+                              "history)")
+    item: str | None = Field(None, description="multitask runs: a text embedded as an item (a catalog document)")
+
+
+class AnswerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    task: str = Field(description="a generative task of the run (GET /health lists them)")
+    input: str = Field(description="the record's input, as the task's records write it")
+    instruction: str | None = Field(None, description="the instruction (default: the task's own)")
+    options: list[str] | None = Field(None, description="2-26 options: the answer is one of them; without options "
+                                      "the answer is generated text")
+
+
+class AnswerResponse(BaseModel):
+    model: str
+    task: str
+    answer: str = Field(description="the chosen option, or the generated text")
+    option: int | None = Field(description="0-based index of the chosen option; null for free text")
 
 
 class Candidate(BaseModel):
@@ -130,6 +157,8 @@ class HealthResponse(BaseModel):
     n_items: int
     textual_ids: bool = Field(description="items have textual IDs (textid runs)")
     embeddings: bool = Field(description="POST /embed is available")
+    answers: bool = Field(description="POST /answer is available (multitask runs)")
+    tasks: dict[str, list[str]] = Field(description="multitask runs: the embedding and generative tasks")
     max_history: int
     max_k: int = Field(description="the largest k /recommend accepts (for a textid run: its search beam)")
     search_beam: int | None = Field(description="beam-search models: the fixed beam every k up to max_k is "
@@ -146,7 +175,7 @@ ERRORS = {
          "neither of history/titles, an empty history, unknown item ids, titles without a confident match "
          "(`unmatched` lists the candidates) or too long, k outside 1..max_k",
     500: "a bug: logged with its traceback on the server; the reply says only that it happened",
-    501: "the model of this run has no embeddings",
+    501: "the model of this run has no embeddings (/embed) or answers no generative tasks (/answer)",
     503: "the server is overloaded (more requests waiting than --max-queue; Retry-After: 1) or its model worker "
          "stopped (restart the server)",
 }
@@ -216,9 +245,21 @@ class BodyLimit:
 
 def create_app(service: RecommendationService, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS,
                max_queue: int = MAX_QUEUE) -> FastAPI:
-    def run_batch(requests: list[tuple[list[int], int, bool]]) -> list[list[dict]]:
+    def recommend_batch(requests: list[tuple[list[int], int, bool]]) -> list[list[dict]]:
         histories, ks, excludes = zip(*requests)
         return service.recommend(histories, ks, excludes)
+
+    handlers = {"recommend": recommend_batch, "embed": service.embed_batch, "answer": service.answer}
+
+    def run_batch(requests: list[tuple[str, object]]) -> list:
+        """One batch of the three endpoints' requests: each kind answered by one call of its own."""
+        out: list = [None] * len(requests)
+        for kind, handler in handlers.items():
+            rows = [i for i, (k, _) in enumerate(requests) if k == kind]
+            if rows:
+                for i, answer in zip(rows, handler([requests[i][1] for i in rows])):
+                    out[i] = answer
+        return out
 
     batcher = MicroBatcher(run_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
 
@@ -305,20 +346,33 @@ def create_app(service: RecommendationService, max_batch: int = MAX_BATCH, max_w
     async def recommend(body: RecommendRequest) -> dict:
         history, resolved = await resolve(body)
         k = service.check_k(body.k)
-        items = await batcher.submit((history, k, body.exclude_history))
+        items = await batcher.submit(("recommend", (history, k, body.exclude_history)))
         return {"model": service.model_name, "history": [service.data.item_ids[i - 1] for i in history],
                 "resolved": resolved, "items": items}
 
     @app.post("/embed", response_model=EmbedResponse, dependencies=[Depends(json_body)],
               responses=_responses(400, 413, 415, 422, 500, 501, 503))
-    async def embed(body: HistoryRequest) -> dict:
-        if not service.can_embed:
-            service.embed([])  # raises the 501 with its message
-        history, resolved = await resolve(body)
-        # on the model's own thread: the model is never called from two threads at once
-        vectors = await asyncio.get_running_loop().run_in_executor(batcher.executor, service.embed, [history])
-        vector = vectors[0]
+    async def embed(body: EmbedRequest) -> dict:
+        texts = [t for t in (body.query, body.item) if t is not None]
+        given = len(texts) + (body.history is not None) + (body.titles is not None)
+        service.check_embed(body.task, texts[0] if texts else None)
+        if given != 1 and service.model.embeds_text:
+            raise RequestError("give exactly one of 'history', 'titles', 'query' or 'item'")
+        resolved = None
+        if texts:
+            request = ("query" if body.query is not None else "item", texts[0], body.task)
+        else:
+            history, resolved = await resolve(body)
+            request = ("history", history, body.task)
+        vector = await batcher.submit(("embed", request))
         return {"model": service.model_name, "dim": len(vector), "resolved": resolved, "embedding": vector.tolist()}
+
+    @app.post("/answer", response_model=AnswerResponse, dependencies=[Depends(json_body)],
+              responses=_responses(400, 413, 415, 422, 500, 501, 503))
+    async def answer(body: AnswerRequest) -> dict:
+        request = service.check_answer(body.task, body.input, body.instruction, body.options)
+        result = await batcher.submit(("answer", request))
+        return {"model": service.model_name, "task": body.task, **result}
 
     _add_docs(app)
     return app

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from recfm.errors import RecfmError
-from recfm.runs import RunError, load_run
+from recfm.runs import RunError, load_served
 
 
 class RequestError(RecfmError, ValueError):
@@ -160,6 +160,7 @@ class Limits:
     max_history: int = 200
     max_k: int = 100
     max_title_chars: int = 300  # fuzzy matching costs grow with the text: a title is not an essay
+    max_text_chars: int = 4000  # a query, item text or task input (multitask runs): a prompt, not a book
 
 
 class RecommendationService:
@@ -187,16 +188,26 @@ class RecommendationService:
     @classmethod
     def from_run(cls, run_dir: str | Path, limits: Limits | None = None,
                  allow_data_change: bool = False) -> "RecommendationService":
-        run, data, model = load_run(Path(run_dir), allow_data_change=allow_data_change)
-        return cls(model, data, model_name=run.model["name"], run_dir=str(run_dir), limits=limits)
+        name, data, model = load_served(Path(run_dir), allow_data_change=allow_data_change)
+        return cls(model, data, model_name=name, run_dir=str(run_dir), limits=limits)
 
     @property
     def can_embed(self) -> bool:
         return self.model.embeds_histories
 
+    @property
+    def can_answer(self) -> bool:
+        return self.model.answers
+
+    def tasks(self) -> dict[str, list[str]]:
+        """The run's task names by kind (multitask runs; empty otherwise)."""
+        return {"embedding": list(self.model.embedding_tasks) if self.model.embeds_text else [],
+                "generative": list(self.model.generative_tasks) if self.model.answers else []}
+
     def info(self) -> dict:
         return {"run": self.run_dir, "model": self.model_name, "dataset": self.data.name, "n_items": self.data.n_items,
                 "textual_ids": self.textual_ids is not None, "embeddings": self.can_embed,
+                "answers": self.can_answer, "tasks": self.tasks(),
                 "max_history": self.limits.max_history, "max_k": self.max_k, "search_beam": self.search_beam}
 
     # -- requests -------------------------------------------------------------------------
@@ -296,6 +307,69 @@ class RecommendationService:
             raise RequestError(f"the {self.model_name} model of this run has no embeddings (generative models "
                                "answer /recommend only)", status=501)
         return np.asarray(self.model.embed(histories), dtype=np.float32)
+
+    def check_embed(self, task: str | None, text: str | None) -> None:
+        """Refuse what this run cannot embed: any embedding for a model without them (501), a task or
+        a text for a model that embeds histories only (422), an unknown task or a text too long (422)."""
+        if not self.can_embed:
+            self.embed([])
+        if task is None and text is None:
+            return
+        if not self.model.embeds_text:
+            raise RequestError(f"the {self.model_name} model of this run embeds histories only: 'task', 'query' and "
+                               "'item' are for multitask runs")
+        if task is not None and task not in self.model.embedding_tasks:
+            raise RequestError(f"unknown embedding task {task!r}; this run's: {', '.join(self.model.embedding_tasks)}")
+        self._check_text("the text", text)
+
+    def _check_text(self, what: str, text: str | None) -> None:
+        if text is not None and not text.strip():
+            raise RequestError(f"{what} is empty")
+        if text is not None and len(text) > self.limits.max_text_chars:
+            raise RequestError(f"{what} has {len(text)} characters; at most {self.limits.max_text_chars} are accepted",
+                               status=413)
+
+    def embed_batch(self, requests: Sequence[tuple[str, object, str | None]]) -> list[np.ndarray]:
+        """Vectors for checked requests ``(kind, value, task)``: kind ``history`` (item indices),
+        ``query`` or ``item`` (text); those of one kind and task share a model call."""
+        out: list[np.ndarray | None] = [None] * len(requests)
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        for i, (kind, _, task) in enumerate(requests):
+            groups.setdefault((kind, task), []).append(i)
+        for (kind, task), rows in groups.items():
+            values = [requests[i][1] for i in rows]
+            if kind == "history" and task is None:
+                vectors = self.embed(values)
+            elif kind == "history":
+                vectors = self.model.embed(values, task)
+            else:
+                vectors = self.model.embed_texts(values, task, role=kind)
+            for i, v in zip(rows, np.asarray(vectors, dtype=np.float32)):
+                out[i] = v
+        return out
+
+    def check_answer(self, task: str, input: str, instruction: str | None, options: list[str] | None) -> dict:
+        """A checked generative request (multitask runs): a known generative task, a non-empty input,
+        at most as many distinct, non-empty options as there are option letters."""
+        if not self.can_answer:
+            raise RequestError(f"the {self.model_name} model of this run answers no generative tasks (multitask "
+                               "runs do)", status=501)
+        if task not in self.model.generative_tasks:
+            raise RequestError(f"unknown generative task {task!r}; this run's: {', '.join(self.model.generative_tasks)}")
+        self._check_text("the input", input)
+        if instruction is not None:
+            self._check_text("the instruction", instruction)
+        if options is not None:
+            if not 2 <= len(options) <= 26:
+                raise RequestError(f"give between 2 and 26 options (they are lettered A-Z), got {len(options)}")
+            for o in options:
+                self._check_text("an option", o)
+            if len(set(options)) != len(options):
+                raise RequestError("the options must be distinct")
+        return {"task": task, "input": input, "instruction": instruction, "options": options}
+
+    def answer(self, requests: Sequence[dict]) -> list[dict]:
+        return self.model.answer(requests)
 
 
 def recommend_items(run_dir: Path, history: list[str] | None = None, k: int = 10, *, user: str | None = None,

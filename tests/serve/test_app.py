@@ -509,3 +509,10 @@ def test_textid_k_is_capped_at_the_search_beam_and_answers_are_prefixes(textid_c
             lists = [[x["item_id"] for x in textid_client.post("/recommend", json={
                 "history": history, "k": k, "exclude_history": exclude}).json()["items"]] for k in (1, 2, 3, 4)]
             assert all(lists[-1][: len(short)] == short for short in lists), lists
+
+
+def test_answer_and_text_embeddings_are_refused_by_a_run_without_them(stub_client):
+    r = stub_client.post("/answer", json={"task": "seqrec", "input": "x"})
+    assert r.status_code == 501 and "generative" in r.json()["error"]
+    r = stub_client.post("/embed", json={"query": "a comedy"})
+    assert r.status_code == 422 and "multitask" in r.json()["error"]
