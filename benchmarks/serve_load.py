@@ -54,12 +54,17 @@ def free_port() -> int:
 
 
 def histories(run: Path, n: int = 500, max_len: int = 20) -> list[list[str]]:
-    """Real histories of the run's dataset users (their last items before validation/test)."""
+    """Real histories of the run's dataset users (their last items before validation/test); for a
+    multitask run, of MovieLens-1M's users (the catalog its tasks are built from)."""
     from recfm.config import RunConfig, read_yaml
     from recfm.data.registry import load_dataset
+    from recfm.multitask.serving import is_multitask_run
 
-    cfg = RunConfig.model_validate(read_yaml(run / "config.yaml"))
-    data = load_dataset(cfg.dataset, cfg.prep)
+    if is_multitask_run(run):
+        data = load_dataset("movielens-1m")
+    else:
+        cfg = RunConfig.model_validate(read_yaml(run / "config.yaml"))
+        data = load_dataset(cfg.dataset, cfg.prep)
     rng = np.random.default_rng(0)
     users = rng.choice(data.n_users, size=min(n, data.n_users), replace=False)
     out = []
@@ -100,7 +105,19 @@ class Connection:
             self.writer.close()
 
 
-async def level(port: int, bodies: list[dict], clients: int, max_requests: int, max_seconds: float) -> dict:
+def answer_bodies(run: Path, n: int = 200) -> list[dict]:
+    """/answer requests from a multitask run's test records with options (their own task, input,
+    instruction and options)."""
+    from recfm.multitask.records import GenRecord
+    from recfm.multitask.run import build_records, load_run_config
+
+    records = build_records(load_run_config(run / "config.yaml").data, run.parent)
+    gen = [r for splits in records.values() for r in splits["test"] if isinstance(r, GenRecord) and r.options]
+    return [{"task": r.task, "input": r.input, "instruction": r.instruction, "options": r.options} for r in gen[:n]]
+
+
+async def level(port: int, bodies: list[dict], clients: int, max_requests: int, max_seconds: float,
+                path: str = "/recommend") -> dict:
     latencies: list[float] = []  # answered requests (200) only
     errors = 0
     counter = iter(range(max_requests))
@@ -115,7 +132,7 @@ async def level(port: int, bodies: list[dict], clients: int, max_requests: int, 
                 if time.perf_counter() > stop_at:
                     return
                 t0 = time.perf_counter()
-                status = await conn.post("/recommend", bodies[i % len(bodies)])
+                status = await conn.post(path, bodies[i % len(bodies)])
                 if status == 200:
                     latencies.append(time.perf_counter() - t0)
                 else:
@@ -128,7 +145,7 @@ async def level(port: int, bodies: list[dict], clients: int, max_requests: int, 
     await asyncio.gather(*(client(c) for c in conns))
     wall = time.perf_counter() - t0
     ms = np.array(latencies or [np.nan]) * 1000
-    return {"clients": clients, "requests": len(ms), "errors": errors, "seconds": round(wall, 2),
+    return {"endpoint": path, "clients": clients, "requests": len(ms), "errors": errors, "seconds": round(wall, 2),
             "rps": round(len(latencies) / wall, 1), "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p99_ms": round(float(np.percentile(ms, 99)), 1)}
 
@@ -153,13 +170,17 @@ def load_test(run: Path, levels: list[int], max_requests: int, max_seconds: floa
                 if server.poll() is not None or time.time() > deadline:
                     raise SystemExit(f"server for {run} did not start")
                 time.sleep(0.5)
-        bodies = [{"history": h, "k": 10, "exclude_history": True} for h in histories(run)]
-        asyncio.run(level(port, bodies, 4, 40, 30))  # warm-up
+        bodies = {"/recommend": [{"history": h, "k": 10, "exclude_history": True} for h in histories(run)]}
+        if health.get("answers"):  # a multitask run: its history embeddings and generative answers too
+            bodies["/embed"] = [{"history": b["history"]} for b in bodies["/recommend"]]
+            bodies["/answer"] = answer_bodies(run)
         rows = []
-        for c in levels:
-            row = asyncio.run(level(port, bodies, c, max_requests, max_seconds))
-            rows.append(row)
-            print(f"{run.name}: {row}", flush=True)
+        for path, requests in bodies.items():
+            asyncio.run(level(port, requests, 4, 40, 30, path))  # warm-up
+            for c in levels:
+                row = asyncio.run(level(port, requests, c, max_requests, max_seconds, path))
+                rows.append(row)
+                print(f"{run.name}: {row}", flush=True)
         after = httpx.get(f"{base}/health").json()
         return {"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "model": health["model"],
                 "dataset": health["dataset"], "n_items": health["n_items"], "levels": rows,
@@ -167,6 +188,27 @@ def load_test(run: Path, levels: list[int], max_requests: int, max_seconds: floa
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def earlier_rows(runs: set[str]) -> list[str]:
+    """Table rows of runs this invocation did not test, kept from docs/results.md (rows written
+    before the endpoint and date columns existed get them: /recommend, date unknown)."""
+    from baselines import RESULTS
+
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    begin, end = "<!-- BEGIN serve-load -->", "<!-- END serve-load -->"
+    if begin not in text:
+        return []
+    kept = []
+    for line in text.split(begin, 1)[1].split(end, 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("Target at") and not any(f" {r}:" in line for r in runs):
+            kept.append(line)  # placed below the table by main()
+        elif len(cells) >= 9 and cells[0].startswith("runs/") and cells[0] not in runs:
+            if len(cells) == 9:
+                cells = cells[:3] + ["/recommend"] + cells[3:] + ["before 2026-12-03"]
+            kept.append("| " + " | ".join(cells) + " |")
+    return kept
 
 
 def main() -> None:
@@ -194,17 +236,23 @@ def main() -> None:
              f"Run {dt.date.today().isoformat()}; {platform.machine()}, {os.cpu_count()} cores, CPU only; server "
              f"(`recfm serve`, micro-batching up to 32 requests, max wait {wait:g} ms) and the clients (one "
              f"asyncio process, one keep-alive connection each) on the same machine, loopback. Each level: at most {args.requests} requests or {args.seconds:.0f} s. Target: {TARGET}.",
-             "", "| run | model | dataset (items) | clients | requests | errors | req/s | p50 ms | p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "", "| run | model | dataset (items) | endpoint | clients | requests | errors | req/s | p50 ms | p99 ms | run date |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    kept = earlier_rows({r["run"] for r in results})
+    lines += [k for k in kept if k.startswith("|")]
+    today = dt.date.today().isoformat()
     for r in results:
         for row in r["levels"]:
-            lines.append(f"| {r['run']} | {r['model']} | {r['dataset']} ({r['n_items']}) | {row['clients']} | "
-                         f"{row['requests']} | {row['errors']} | {row['rps']} | {row['p50_ms']} | {row['p99_ms']} |")
+            lines.append(f"| {r['run']} | {r['model']} | {r['dataset']} ({r['n_items']}) | {row['endpoint']} | "
+                         f"{row['clients']} | {row['requests']} | {row['errors']} | {row['rps']} | {row['p50_ms']} | "
+                         f"{row['p99_ms']} | {today} |")
     lines.append("")
-    lines.append("Mean requests per model call (micro-batching): "
+    lines += [k for k in kept if k.startswith("Target at")]
+    lines.append("Mean requests per model call (micro-batching), runs of this invocation: "
                  + ", ".join(f"{r['model']} {r['mean_batch']}" for r in results) + ".")
     for r in results:
-        at = next((row for row in r["levels"] if row["clients"] == TARGET_CLIENTS), None)
+        at = next((row for row in r["levels"] if row["clients"] == TARGET_CLIENTS and row["endpoint"] == "/recommend"),
+                  None)
         if at is not None:
             met = at["p99_ms"] < TARGET_P99_MS and at["rps"] >= TARGET_RPS and at["errors"] == 0
             lines.append(f"Target at {TARGET_CLIENTS} clients, {r['run']}: **{'met' if met else 'missed'}** "

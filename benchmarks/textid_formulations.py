@@ -7,6 +7,7 @@ configs/textid-<dataset>-prompt.yaml the paper's prompt formulation):
     sasrec          recfm train sasrec with its preset (the yardstick, same box, same protocol)
     items           the textid preset: items as positions, ID decoded word by word, trie loss
     items-full      the same with the full-vocabulary softmax (loss=full)
+    items-noaux     the same without the auxiliary item softmax (items.item_loss_weight=0)
     items-untied    the same with separate decoder word embeddings (items.tie_words=false)
     items-unscaled  the same without the sqrt(d) scale of the pooled item vectors (items.scale_items=false)
     items-nowd      the same without AdamW's default weight decay of 0.01 (rec_weight_decay=0)
@@ -41,6 +42,7 @@ CELLS = {
     "sasrec": ("sasrec", "sasrec-{dataset}.yaml", []),
     "items": ("textid", "textid-{dataset}.yaml", []),
     "items-full": ("textid", "textid-{dataset}.yaml", ["loss=full"]),
+    "items-noaux": ("textid", "textid-{dataset}.yaml", ["items.item_loss_weight=0"]),
     "items-untied": ("textid", "textid-{dataset}.yaml", ["items.tie_words=false"]),
     "items-unscaled": ("textid", "textid-{dataset}.yaml", ["items.scale_items=false"]),
     "items-nowd": ("textid", "textid-{dataset}.yaml", ["rec_weight_decay=0"]),
