@@ -22,7 +22,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from recfm.bench.settings import Plan, Setting, builtin_domains, plans_for
+from recfm.bench.settings import Plan, Setting, builtin_domains, folder_domain, plans_for
 from recfm.bench.tasks import ClickTaskConfig, cached_pairs
 from recfm import __version__, distributed, rundir
 from recfm.atomic import atomic_write_json, atomic_write_text
@@ -72,9 +72,10 @@ class BenchConfig(BaseModel):
         out = {}
         for n in names:
             entry = self.datasets.get(n) or DatasetEntry()
-            domain = entry.domain or builtin.get(n)
+            domain = entry.domain or builtin.get(n) or folder_domain(n)
             if domain is None:
-                raise ValueError(f"dataset {n!r} has no domain: give `datasets: {{{n}: {{domain: ...}}}}`")
+                raise ValueError(f"dataset {n!r} has no domain (its format does not imply one): give "
+                                 f"`datasets: {{{n}: {{domain: ...}}}}`")
             out[n] = domain
         return out
 

@@ -29,6 +29,22 @@ def builtin_domains() -> dict[str, str]:
 
     return {name: spec.domain for name, spec in DATASETS.items()}
 
+
+def folder_domain(path: str) -> str | None:
+    """The domain a dataset folder's format implies (MIND: news, Goodreads: books, H&M: fashion,
+    GroupLens: movies, Yelp: local businesses); None for other formats or a path that is not there."""
+    from pathlib import Path
+
+    from recfm.data.sources import detect_format
+
+    if not Path(path).expanduser().exists():
+        return None
+    try:
+        return detect_format(Path(path).expanduser()).domain
+    except Exception:  # noqa: BLE001 - not a dataset folder: the caller asks for a domain
+        return None
+
+
 SETTINGS = ("zero_shot", "target", "same_domain_other", "other_domain", "domain_all", "zero_resource", "all",
             "two_stage")
 Setting = Literal["zero_shot", "target", "same_domain_other", "other_domain", "domain_all", "zero_resource", "all",

@@ -50,13 +50,16 @@ def shared_data_root() -> Path:
     return Path(env) if env else PROJECT_ROOT.parent / "shared" / "data"
 
 
-def shared_data(folder: str) -> Callable[[], Path]:
+def shared_data(folder: str, files: str = "") -> Callable[[], Path]:
+    """The folder ``folder`` of the shared data root; ``files`` says what a user puts there when
+    it is missing (datasets recfm cannot ship)."""
+
     def locate() -> Path:
         path = shared_data_root() / folder
         if not path.is_dir():
+            what = f"put {files} there" if files else "it is read from ../shared/data beside the project"
             raise DatasetNotFoundError(
-                f"{path} not found: Amazon data is read from ../shared/data beside the project "
-                "(or set RECFM_SHARED_DATA to the folder holding amazon-beauty/ and amazon-sports/)"
+                f"{path} not found: {what} (or set RECFM_SHARED_DATA to the folder holding {folder}/)"
             )
         return path
 
@@ -91,6 +94,21 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec(
             "amazon-sports", "Amazon 2014 Sports and Outdoors, 5-core, IDGenRec release",
             "e-commerce/sports", "p5-text", shared_data("amazon-sports"),
+        ),
+        # Not shipped (licences): a user who has the files puts them in the folder and gets the
+        # dataset by name, with its domain, in `recfm train` and in the benchmark's matrix.
+        DatasetSpec(
+            "mind", "Microsoft News (MIND, small or large): clicks of impressions after the click history",
+            "news", "mind", shared_data("mind", "MIND's behaviors.tsv and news.tsv"),
+        ),
+        DatasetSpec(
+            "goodreads", "UCSD Goodreads (one genre's interactions and books): books read or rated",
+            "books", "goodreads", shared_data("goodreads", "goodreads_interactions_<genre>.json(.gz) and "
+                                              "goodreads_books_<genre>.json(.gz)"),
+        ),
+        DatasetSpec(
+            "hm", "H&M Personalized Fashion Recommendations (Kaggle): article purchases",
+            "fashion", "hm", shared_data("hm", "H&M's transactions_train.csv and articles.csv"),
         ),
     ]
 }

@@ -163,3 +163,31 @@ def test_a_bench_folder_grows_but_never_mixes_two_configs(fake, tmp_path):
     (foreign / "notes.txt").write_text("keep")
     with pytest.raises(BenchOutputError, match="holds no bench run"):
         BenchRunner(cfg, output=foreign).run()
+
+
+def test_mind_goodreads_and_hm_folders_enter_the_matrix_with_their_domains(tmp_path, monkeypatch):
+    """A registered name under the shared data root (``mind``) and a folder given by path (H&M) get
+    the domain their format implies, so the other-domain setting pairs them without a domain line."""
+    from tests.data.test_source_mind_goodreads_hm import HM_ARTICLES, HM_TRANSACTIONS, MIND_BEHAVIORS, MIND_NEWS
+
+    from recfm.data.registry import resolve
+
+    (tmp_path / "shared" / "mind").mkdir(parents=True)
+    (tmp_path / "shared" / "mind" / "behaviors.tsv").write_text(MIND_BEHAVIORS)
+    (tmp_path / "shared" / "mind" / "news.tsv").write_text(MIND_NEWS)
+    (tmp_path / "h-and-m").mkdir()
+    (tmp_path / "h-and-m" / "transactions_train.csv").write_text(HM_TRANSACTIONS)
+    (tmp_path / "h-and-m" / "articles.csv").write_text(HM_ARTICLES)
+    monkeypatch.setenv("RECFM_SHARED_DATA", str(tmp_path / "shared"))
+    assert resolve("mind")[1:3] == ("mind", tmp_path / "shared" / "mind")
+    hm = str(tmp_path / "h-and-m")
+    config = BenchConfig(datasets={"mind": {}, hm: {}, "movielens-1m": {}}, targets=["mind"],
+                         models=[{"name": "m", "path": "x", "paradigm": "embedding"}])
+    assert config.domains() == {"mind": "news", hm: "fashion", "movielens-1m": "movies"}
+    assert [p.key for p in plans_for("other_domain", "mind", config.domains())] == [hm, "movielens-1m"]
+    with pytest.raises(ValueError, match="no domain"):
+        BenchConfig(datasets={str(tmp_path / "shared"): {}}, targets=["mind"],
+                    models=[{"name": "m", "path": "x", "paradigm": "embedding"}]).domains()
+    monkeypatch.setenv("RECFM_SHARED_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(Exception, match="behaviors.tsv and news.tsv"):
+        resolve("mind")

@@ -28,6 +28,7 @@ class SourceFormat:
     description: str
     detect: Callable[[Path], bool]
     load: Callable[..., RawDataset]
+    domain: str | None = None  # what a folder of this format is about, where the format says (the benchmark's domains)
 
 
 def _gzip_checked(load: Callable[..., RawDataset]) -> Callable[..., RawDataset]:
@@ -55,18 +56,18 @@ FORMATS: dict[str, SourceFormat] = {
             "grouplens",
             "MovieLens as downloaded from GroupLens: ratings.dat + movies.dat (ML-1M/10M), "
             "u.data + u.item (ML-100K), or ratings.csv + movies.csv (ML-20M/25M/latest)",
-            grouplens.detect, grouplens.load,
+            grouplens.detect, grouplens.load, "movies",
         ),
         SourceFormat(
-            "yelp", "Yelp Open Dataset: yelp_academic_dataset_review.json (+ _business.json)", yelp.detect, yelp.load,
+            "yelp", "Yelp Open Dataset: yelp_academic_dataset_review.json (+ _business.json)", yelp.detect, yelp.load, "local businesses",
         ),
-        SourceFormat("mind", "Microsoft News (MIND): behaviors.tsv + news.tsv", mind.detect, mind.load),
+        SourceFormat("mind", "Microsoft News (MIND): behaviors.tsv + news.tsv", mind.detect, mind.load, "news"),
         SourceFormat(
             "goodreads", "UCSD Goodreads: goodreads_interactions_<genre>.json(.gz) (+ goodreads_books_<genre>.json(.gz))",
-            goodreads.detect, goodreads.load,
+            goodreads.detect, goodreads.load, "books",
         ),
         SourceFormat(
-            "hm", "H&M Personalized Fashion (Kaggle): transactions_train.csv + articles.csv", hm.detect, hm.load,
+            "hm", "H&M Personalized Fashion (Kaggle): transactions_train.csv + articles.csv", hm.detect, hm.load, "fashion",
         ),
         SourceFormat(
             "amazon-2023", "Amazon reviews 2023: <Category>.jsonl(.gz) + meta_<Category>.jsonl(.gz)",
