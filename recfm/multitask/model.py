@@ -40,6 +40,8 @@ class MultiTaskModelConfig(BaseModel):
     temperature: float = Field(0.05, gt=0, description="InfoNCE temperature")
     max_length: int = Field(512, ge=16, description="prompts are cut from the left (the oldest history) to this")
     autocast: Literal["bf16"] | None = Field(None, description="bf16 mixed precision for the forward passes (CPU speed)")
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1', ...; under a multi-GPU launch 'cuda' is each "
+                        "process's own GPU")
 
 
 @dataclass(frozen=True)
@@ -211,5 +213,8 @@ def _grow_embeddings(model, size: int) -> None:
 def load_multitask_model(tasks: Sequence[TaskSpec], config: MultiTaskModelConfig) -> MultiTaskModel:
     from recfm.models import load_causal_lm
 
-    model, tokenizer = load_causal_lm(config.backbone, padding_side="right")
+    device = config.device
+    if device == "cuda" and torch.cuda.is_available():
+        device = f"cuda:{torch.cuda.current_device()}"  # the launcher set each process's GPU
+    model, tokenizer = load_causal_lm(config.backbone, padding_side="right", device=device)
     return MultiTaskModel(model, tokenizer, tasks, config)
