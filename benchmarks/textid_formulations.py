@@ -8,6 +8,7 @@ configs/textid-<dataset>-prompt.yaml the paper's prompt formulation):
     items           the textid preset: items as positions, ID decoded word by word, trie loss
     items-full      the same with the full-vocabulary softmax (loss=full)
     items-noaux     the same without the auxiliary item softmax (items.item_loss_weight=0)
+    items-40min     the preset with a 40-minute training cap instead of its own
     items-untied    the same with separate decoder word embeddings (items.tie_words=false)
     items-unscaled  the same without the sqrt(d) scale of the pooled item vectors (items.scale_items=false)
     items-nowd      the same without AdamW's default weight decay of 0.01 (rec_weight_decay=0)
@@ -43,6 +44,7 @@ CELLS = {
     "items": ("textid", "textid-{dataset}.yaml", []),
     "items-full": ("textid", "textid-{dataset}.yaml", ["loss=full"]),
     "items-noaux": ("textid", "textid-{dataset}.yaml", ["items.item_loss_weight=0"]),
+    "items-40min": ("textid", "textid-{dataset}.yaml", ["max_train_minutes=40"]),
     "items-untied": ("textid", "textid-{dataset}.yaml", ["items.tie_words=false"]),
     "items-unscaled": ("textid", "textid-{dataset}.yaml", ["items.scale_items=false"]),
     "items-nowd": ("textid", "textid-{dataset}.yaml", ["rec_weight_decay=0"]),
