@@ -530,7 +530,7 @@ def multitask_ablation(
 
 @app.command("serve")
 def serve(
-    run: Path = typer.Option(..., "--run", "-r", help="run directory made by `recfm train`"),
+    run: Path = typer.Option(..., "--run", "-r", help="run directory made by `recfm train` or `recfm multitask train`"),
     host: str = typer.Option("127.0.0.1", "--host", help="interface to listen on (0.0.0.0 exposes it to the network)"),
     port: int = typer.Option(8000, "--port", "-p", min=1, max=65535),
     max_batch: int = typer.Option(MAX_BATCH, "--max-batch", min=1, help="requests answered by one model call at most"),
@@ -541,7 +541,8 @@ def serve(
     allow_data_change: bool = typer.Option(False, "--allow-data-change",
                                            help="serve even if the run's dataset changed since training"),
 ) -> None:
-    """HTTP API of a trained run: POST /recommend, POST /embed, GET /health; OpenAPI at /docs."""
+    """HTTP API of a trained run: POST /recommend, POST /embed, GET /health (a multitask run: POST /answer too);
+    OpenAPI at /docs."""
     import torch
     import uvicorn
 
