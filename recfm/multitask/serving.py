@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -35,6 +37,7 @@ from recfm.recommender import ScoringRecommender, TrainableRecommender
 from recfm.multitask.model import MultiTaskModel
 from recfm.multitask.records import INSTRUCTIONS, SYSTEM_PROMPT, EmbRecord, GenRecord
 
+log = logging.getLogger("recfm.multitask")
 RETRIEVAL_TASKS = ("user2item", "Emb_user")  # our name and RecFound's for history -> next item
 INDEX_FILE, INDEX_META = "item_index.npy", "item_index.json"
 
@@ -140,10 +143,14 @@ class MultiTaskRecommender(ScoringRecommender, TrainableRecommender):
                 and json.loads((cache / INDEX_META).read_text()) == key:
             self.index = torch.from_numpy(np.load(cache / INDEX_FILE))
             return
+        log.info("embedding the %d catalog items for retrieval (%s documents; once, then cached in %s)",
+                 self.n_items, self.retrieval_task, cache / INDEX_FILE if cache is not None else "memory")
+        start = time.perf_counter()
         chunks = range(0, self.n_items, 256)
         parts = [self.embed_texts(self.catalog.item_text[s : s + 256], role="item")
                  for s in (progress(chunks) if progress else chunks)]
         self.index = torch.from_numpy(np.concatenate(parts))
+        log.info("item index built in %.0f s", time.perf_counter() - start)
         if cache is not None:
             import io
 
