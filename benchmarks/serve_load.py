@@ -161,7 +161,7 @@ def load_test(run: Path, levels: list[int], max_requests: int, max_seconds: floa
     server = subprocess.Popen(cmd, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
+        deadline = time.time() + 1200  # a multitask run embeds its catalog on its first start
         while True:
             try:
                 health = httpx.get(f"{base}/health", timeout=2).json()
