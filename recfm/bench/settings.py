@@ -35,13 +35,11 @@ def folder_domain(path: str) -> str | None:
     GroupLens: movies, Yelp: local businesses); None for other formats or a path that is not there."""
     from pathlib import Path
 
-    from recfm.data.sources import detect_format
+    from recfm.data.sources import UnknownFormatError, detect_format
 
-    if not Path(path).expanduser().exists():
-        return None
     try:
         return detect_format(Path(path).expanduser()).domain
-    except Exception:  # noqa: BLE001 - not a dataset folder: the caller asks for a domain
+    except (OSError, UnknownFormatError):  # not a dataset folder: the caller asks for a domain
         return None
 
 

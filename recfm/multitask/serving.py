@@ -1,6 +1,6 @@
 """A trained multitask run behind the server's seams (``recfm serve --run MULTITASK_RUN``).
 
-    catalog, model = load_served_multitask(Path("runs/multitask/cpu/recfound"))
+    name, catalog, model = load_served_multitask(Path("runs/multitask/cpu/recfound"))
     model.recommend([[12, 40]], k=10)          # user2item retrieval over the prebuilt item index
     model.embed([[12, 40]])                    # the history's vector (user2item, as trained)
     model.embed_texts(["a comedy from the 1990s"], task="query2item", role="query")
@@ -35,7 +35,7 @@ from recfm.atomic import atomic_write_bytes, atomic_write_json
 from recfm.compute import eval_mode
 from recfm.recommender import ScoringRecommender, TrainableRecommender
 from recfm.multitask.model import MultiTaskModel
-from recfm.multitask.records import INSTRUCTIONS, SYSTEM_PROMPT, EmbRecord, GenRecord
+from recfm.multitask.records import INSTRUCTIONS, EmbRecord, GenRecord
 
 log = logging.getLogger("recfm.multitask")
 RETRIEVAL_TASKS = ("user2item", "Emb_user")  # our name and RecFound's for history -> next item
@@ -134,7 +134,7 @@ class MultiTaskRecommender(ScoringRecommender, TrainableRecommender):
     def embed(self, histories: Sequence[Sequence[int]], task: str | None = None) -> np.ndarray:
         return self.embed_texts([self.history_text(h) for h in histories], task)
 
-    def build_index(self, cache: Path | None = None, adapter_hash: str = "", progress=None) -> None:
+    def build_index(self, cache: Path | None = None, adapter_hash: str = "") -> None:
         """Embed every catalog item as the retrieval task's document (or read the cached matrix)."""
         if self.retrieval_task is None:
             return
@@ -146,10 +146,7 @@ class MultiTaskRecommender(ScoringRecommender, TrainableRecommender):
         log.info("embedding the %d catalog items for retrieval (%s documents; once, then cached in %s)",
                  self.n_items, self.retrieval_task, cache / INDEX_FILE if cache is not None else "memory")
         start = time.perf_counter()
-        chunks = range(0, self.n_items, 256)
-        parts = [self.embed_texts(self.catalog.item_text[s : s + 256], role="item")
-                 for s in (progress(chunks) if progress else chunks)]
-        self.index = torch.from_numpy(np.concatenate(parts))
+        self.index = torch.from_numpy(self.embed_texts(self.catalog.item_text, role="item"))
         log.info("item index built in %.0f s", time.perf_counter() - start)
         if cache is not None:
             import io
@@ -170,9 +167,8 @@ class MultiTaskRecommender(ScoringRecommender, TrainableRecommender):
         """Each request ``{"task", "input", "instruction"?, "options"?}`` -> ``{"answer", "option"}``:
         with options the chosen one (the letter with the highest next-token logit) and its index,
         without them a greedy answer of at most ``answer_tokens`` tokens (option None)."""
-        records = [GenRecord(r["task"], r.get("instruction") or self.instructions[r["task"]], r["input"],
-                             (r.get("options") or [None])[0] or "", list(r["options"]) if r.get("options") else None,
-                             system=SYSTEM_PROMPT) for r in requests]
+        records = [GenRecord(r["task"], r.get("instruction") or self.instructions[r["task"]], r["input"], "",
+                             list(r["options"]) if r.get("options") else None) for r in requests]
         out: list[dict | None] = [None] * len(records)
         with eval_mode(self.model.model):
             chosen = [i for i, r in enumerate(records) if r.options]
@@ -188,7 +184,7 @@ def is_multitask_run(run_dir: Path) -> bool:
     return (Path(run_dir) / "tmole.safetensors").is_file() and (Path(run_dir) / "config.yaml").is_file()
 
 
-def load_served_multitask(run_dir: Path, progress=None) -> tuple[str, TaskCatalog, MultiTaskRecommender]:
+def load_served_multitask(run_dir: Path) -> tuple[str, TaskCatalog, MultiTaskRecommender]:
     """(model name, catalog, recommender) of a finished ``recfm multitask train`` run, its item index
     built (or read from its cache in the run directory)."""
     from recfm.multitask.model import load_multitask_model
@@ -210,6 +206,6 @@ def load_served_multitask(run_dir: Path, progress=None) -> tuple[str, TaskCatalo
     served = MultiTaskRecommender(model, catalog, instructions, history_len=TaskConfig(**config.data.build).history_len,
                                   answer_tokens=config.train.answer_tokens)
     adapter_hash = hashlib.sha256((run_dir / "tmole.safetensors").read_bytes()).hexdigest()[:16]
-    served.build_index(run_dir, adapter_hash, progress)
+    served.build_index(run_dir, adapter_hash)
     name = f"multitask ({config.train.model.adapter}, {config.train.model.backbone})"
     return name, catalog, served
