@@ -39,7 +39,8 @@ def main() -> None:
     ap.add_argument("--history", type=int, default=10)
     ap.add_argument("--title-chars", type=int, default=80)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--autocast", default="bf16", choices=["bf16", "none"])
+    ap.add_argument("--autocast", default="auto", choices=["auto", "bf16", "none"],
+                    help="auto: bf16 only where this CPU computes it natively (else float32)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: recfm's default)")
     ap.add_argument("--train-pairs", type=int, default=96)
     ap.add_argument("--epochs", type=int, default=3)

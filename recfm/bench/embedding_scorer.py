@@ -68,7 +68,7 @@ class EmbeddingScorer:
         self.max_length = max_length
         self.separator = separator
         self.progress = progress
-        self.autocast = autocast_dtype(autocast)
+        self.autocast = autocast_dtype(autocast, model_device(model))
         self._prefix, self._suffix = special_affixes(tokenizer)
         if len(self._prefix) + len(self._suffix) >= max_length:
             raise ValueError(f"max_length={max_length} leaves no room beside the tokenizer's special tokens")

@@ -29,8 +29,8 @@ returns a model worse on validation than the one it started from. Training stops
 
 Everything is seeded from ``config.seed`` (adapter initialisation, dropout, batch order)
 without touching the caller's global random state. Runs where the model is (CPU or GPU), in
-the scorer's precision: float32, or bf16 mixed precision with ``autocast="bf16"`` in the
-scorer's options (LoRA weights and optimizer state stay float32).
+the scorer's precision: float32, or bf16 mixed precision with ``autocast="bf16"`` (or ``"auto"``) in
+the scorer's options (LoRA weights and optimizer state stay float32).
 """
 
 from __future__ import annotations

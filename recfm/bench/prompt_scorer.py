@@ -98,7 +98,7 @@ class PromptScorer:
     longer than ``max_length`` tokens lose their OLDEST history items (and, if even an empty
     history does not fit, their first tokens). ``progress``: None = a tqdm bar for more than
     8 batches. ``autocast="bf16"``: the forward pass in bfloat16 mixed precision (weights and
-    scores stay float32). ``share_prefix``: the prompt tokens the pairs of one history share (all
+    scores stay float32); ``"auto"``: bf16 only where the device computes it natively. ``share_prefix``: the prompt tokens the pairs of one history share (all
     but the candidate and the question) go through the model once, and each pair continues from
     their KV cache (same scores as one prompt per pair, within float tolerance; models without a
     plain KV cache fall back to one prompt per pair).
@@ -127,7 +127,7 @@ class PromptScorer:
         self.batch_size = batch_size
         self.max_length = max_length
         self.progress = progress
-        self.autocast = autocast_dtype(autocast)
+        self.autocast = autocast_dtype(autocast, model_device(model))
         self.share_prefix = share_prefix
         self.yes_ids, self.no_ids = answer_token_ids(tokenizer)
         has_chat = bool(getattr(tokenizer, "chat_template", None))

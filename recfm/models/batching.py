@@ -4,20 +4,47 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
+import logging
 from typing import Sequence
 
 import numpy as np
 import torch
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_CHOICES = (*AUTOCAST_DTYPES, "auto")
+log = logging.getLogger("recfm.models")
 
 
-def autocast_dtype(autocast: str | None) -> torch.dtype | None:
-    """``"bf16"``/``"fp16"`` -> the dtype; None -> None (full precision)."""
-    if autocast is not None and autocast not in AUTOCAST_DTYPES:
-        raise ValueError(f"autocast must be one of {sorted(AUTOCAST_DTYPES)} or None, not {autocast!r}")
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes in bfloat16 natively. A CPU without AVX512-BF16/AMX emulates it:
+    measured on an AVX2-only EPYC, SmolLM2 forward+backward ran 22x slower under bf16 autocast."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def autocast_dtype(autocast: str | None, device: torch.device | str = "cpu") -> torch.dtype | None:
+    """``"bf16"``/``"fp16"`` -> the dtype; None -> None (full precision); ``"auto"`` -> bf16 where
+    ``device`` computes it natively, else full precision. An explicit ``"bf16"`` on a CPU that
+    only emulates it is kept (the user asked for it) with a warning."""
+    if autocast is not None and autocast not in AUTOCAST_CHOICES:
+        raise ValueError(f"autocast must be one of {sorted(AUTOCAST_CHOICES)} or None, not {autocast!r}")
+    if autocast == "auto":
+        return torch.bfloat16 if native_bf16(device) else None
+    if autocast == "bf16" and torch.device(device).type == "cpu" and not native_bf16(device):
+        _warn_emulated_bf16()
     return AUTOCAST_DTYPES.get(autocast) if autocast else None
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    log.warning("autocast bf16 on a CPU without native bfloat16 (no AVX512-BF16/AMX): emulated and many times "
+                "slower than float32; use autocast: auto to take bf16 only where it is native")
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None):

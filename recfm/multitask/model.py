@@ -39,7 +39,9 @@ class MultiTaskModelConfig(BaseModel):
     tmole: TMoLEConfig = Field(default_factory=TMoLEConfig, description="task-routed LoRA experts")
     temperature: float = Field(0.05, gt=0, description="InfoNCE temperature")
     max_length: int = Field(512, ge=16, description="prompts are cut from the left (the oldest history) to this")
-    autocast: Literal["bf16"] | None = Field(None, description="bf16 mixed precision for the forward passes (CPU speed)")
+    autocast: Literal["bf16", "auto"] | None = Field(
+        None, description="bf16 mixed precision for the forward passes; auto = bf16 only where the device computes it "
+                          "natively (a GPU, a CPU with AVX512-BF16/AMX), else float32")
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1', ...; under a multi-GPU launch 'cuda' is each "
                         "process's own GPU")
 
@@ -87,7 +89,7 @@ class MultiTaskModel:
             ids = tokenizer.encode(letter, add_special_tokens=False)
             self.letter_ids.append(ids[0] if len(ids) == 1 else None)
         self.device = next(model.parameters()).device
-        self.autocast = autocast_dtype(config.autocast)
+        self.autocast = autocast_dtype(config.autocast, self.device)
 
     # -- plumbing --------------------------------------------------------------------------
     def ids_of(self, tasks: Sequence[str]) -> torch.Tensor:
