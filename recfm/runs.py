@@ -32,6 +32,7 @@ from recfm.atomic import atomic_write_json, atomic_write_text
 from recfm.errors import RecfmError, describe_validation_error
 from recfm.data.registry import load_dataset
 from recfm.evaluation.protocol import Protocol, evaluate
+from recfm.models.batching import native_bf16
 
 log = logging.getLogger("recfm.run")
 CHECKPOINTS = "checkpoints"
@@ -294,6 +295,8 @@ def _environment(model_cfg=None) -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "torch_threads": threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(OpenMP default)"),
+        # autocast: auto trains in bf16 only on such a CPU: figures compare only between like machines
+        "cpu_native_bf16": native_bf16("cpu"),
         "processes": distributed.world_size(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

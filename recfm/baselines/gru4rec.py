@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from recfm.compute import FastDropout
 from recfm.baselines.trainer import SequenceNet, SequentialRecommender, SequentialTrainConfig
 
 
@@ -32,7 +33,7 @@ class GRU4RecNet(SequenceNet):
         super().__init__()
         self.item_emb = nn.Embedding(n_items + 1, config.embedding_size, padding_idx=0)
         self.item_dropout = config.item_dropout
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = FastDropout(config.dropout)
         self.gru = nn.GRU(
             config.embedding_size,
             config.hidden_size,

@@ -36,6 +36,12 @@ Sampling = Literal["uniform", "popularity"]
 NegativesPer = Literal["batch", "sequence", "position"]
 
 
+def widened(t: torch.Tensor) -> torch.Tensor:
+    """float32 for a half-precision tensor (autocast's bf16 matmul outputs), anything wider as it is:
+    softmaxes and losses are computed at float32 or more."""
+    return t.float() if t.is_floating_point() and t.element_size() < 4 else t
+
+
 def batch_generator(seed: int, epoch: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
     gen = torch.Generator(device="cpu")
     gen.manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
@@ -74,7 +80,8 @@ def _negative_logits(hidden: torch.Tensor, items: torch.Tensor, negatives: torch
 def _logits(hidden, items, labels, negatives, rows):
     pos = (hidden * items[labels]).sum(-1, keepdim=True)  # (n, 1)
     neg, ids = _negative_logits(hidden, items, negatives, rows)
-    return pos, neg, ids, ids == labels.unsqueeze(1)
+    # float32 from here on: under autocast the matmuls may have been bf16, the softmax must not be
+    return widened(pos), widened(neg), ids, ids == labels.unsqueeze(1)
 
 
 def sampled_softmax_loss(hidden: torch.Tensor, items: torch.Tensor, labels: torch.Tensor, negatives: torch.Tensor,

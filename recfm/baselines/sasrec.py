@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from recfm.compute import FastDropout
 from recfm.baselines.trainer import SequenceNet, SequentialRecommender, SequentialTrainConfig
 
 
@@ -69,7 +70,7 @@ class CausalBlock(nn.Module):
         self.ln2 = nn.LayerNorm(d)
         self.ff1 = nn.Linear(d, inner)
         self.ff2 = nn.Linear(inner, d)
-        self.drop = nn.Dropout(dropout)
+        self.drop = FastDropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
@@ -92,7 +93,7 @@ class SASRecAuthorsBlock(nn.Module):
         self.ln2 = nn.LayerNorm(d)
         self.ff1 = nn.Linear(d, inner)
         self.ff2 = nn.Linear(inner, d)
-        self.drop = nn.Dropout(dropout)
+        self.drop = FastDropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
@@ -112,7 +113,7 @@ class SASRecNet(SequenceNet):
         d = config.hidden_size
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         self.pos_emb = nn.Embedding(config.max_len, d)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = FastDropout(config.dropout)
         self.item_dropout = config.item_dropout
         authors = config.block == "sasrec"
         inner = config.inner_size or (d if authors else 4 * d)

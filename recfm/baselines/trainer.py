@@ -27,7 +27,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -39,15 +39,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from recfm.baselines.losses import (LossName, NegativesPer, Sampling, batch_generator, draw_negatives, gbce_beta,
-                                    gbce_loss, sampled_softmax_loss)
+                                    gbce_loss, sampled_softmax_loss, widened)
 from recfm.checkpoint import (Checkpoint, check_same_config, load_latest, load_optimizer_state, load_rng_state,
                               optimizer_state, rng_state, save_checkpoint)
 from recfm import distributed
-from recfm.compute import flushed_denormals, training_context
+from recfm.compute import fast_dropout, flushed_denormals, training_context
 from recfm.curves import REPORT_TO_HELP, ReportTo, TrainingHistory
 from recfm.data.split import LeaveOneOut
 from recfm.data.windows import epoch_batches, pad_right, training_windows
 from recfm.evaluation.protocol import Protocol, evaluate
+from recfm.models.batching import autocast_context, autocast_dtype
 from recfm.recommender import ScoringRecommender, TrainableRecommender
 
 WEIGHTS_FILE = "model.safetensors"
@@ -97,6 +98,10 @@ class SequentialTrainConfig(BaseModel):
     negative_sampling: Sampling = Field(
         "uniform", description="uniform, or popularity: by training-split counts, with the logQ correction (sampled_softmax)")
     gbce_t: float = Field(0.75, ge=0, le=1, description="gBCE calibration t: 0 = plain BCE, 1 = fully sampling-corrected")
+    autocast: Literal["auto", "bf16"] | None = Field(
+        None, description="training forward pass in mixed precision: bf16 (weights, optimizer and softmax stay float32); "
+                          "auto = bf16 only where the device computes it natively (a GPU with bf16, a CPU with "
+                          "AVX512-BF16 or AMX), else float32; None = float32. Scoring is always float32")
 
 
 class SequenceNet(nn.Module):
@@ -117,9 +122,7 @@ class SequenceNet(nn.Module):
         """(n_items + 1, d) item embeddings, tied between input and output; row 0 is padding and never
         scored. In training mode with ``item_dropout``, the table with dropout, a fresh mask per call
         (the trainer calls it once per step and reads inputs and outputs from that one table)."""
-        if self.training and self.item_dropout > 0:
-            return F.dropout(self.item_emb.weight, self.item_dropout)
-        return self.item_emb.weight
+        return fast_dropout(self.item_emb.weight, self.item_dropout, self.training)
 
 
 class FullSoftmaxCrossEntropy(torch.autograd.Function):
@@ -130,37 +133,51 @@ class FullSoftmaxCrossEntropy(torch.autograd.Function):
     the gradients are computed in the same pass (the softmax of a chunk is turned into its
     gradient in place). On CPU this roughly halves the cost of the output layer, which
     dominates training when the catalogue has tens of thousands of items.
+
+    ``dtype`` (e.g. bfloat16) is what the three matmuls read; the softmax, the loss and the
+    gradients are float32 whatever it is, as under autocast.
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, items: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, items: torch.Tensor, labels: torch.Tensor, chunk: int,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
         n = hidden.shape[0]
         grad_hidden = torch.empty_like(hidden)
         grad_items = torch.zeros_like(items)
         total = hidden.new_zeros(())
+        low_hidden, low_items = (hidden, items) if dtype is None else (hidden.to(dtype), items.to(dtype))
         for lo in range(0, n, chunk):
-            h, y = hidden[lo : lo + chunk], labels[lo : lo + chunk]
-            z = torch.softmax(h @ items.T, dim=1)  # one fused pass; logsumexp + exp is several times slower on CPU
+            h, y = low_hidden[lo : lo + chunk], labels[lo : lo + chunk]
+            z = torch.softmax(widened(h @ low_items.T), dim=1)  # one fused pass; logsumexp + exp is several times slower on CPU
             rows = torch.arange(len(y), device=z.device)
             # the loss value is only reported (gradients below are exact); clamp guards log(0)
             total -= z[rows, y].clamp_min(torch.finfo(z.dtype).tiny).log().sum()
             z[rows, y] -= 1.0
             z.div_(n)  # d(mean loss)/d(logits)
-            grad_hidden[lo : lo + chunk] = z @ items
-            grad_items.addmm_(z.T, h)
+            if dtype is None:
+                grad_hidden[lo : lo + chunk] = z @ items
+                grad_items.addmm_(z.T, h)
+            else:
+                z = z.to(dtype)
+                grad_hidden[lo : lo + chunk] = z @ low_items
+                grad_items += z.T @ h
         ctx.save_for_backward(grad_hidden, grad_items)
         return total / n
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         grad_hidden, grad_items = ctx.saved_tensors
-        return grad_hidden * grad_output, grad_items * grad_output, None, None
+        return grad_hidden * grad_output, grad_items * grad_output, None, None, None
 
 
-def full_softmax_cross_entropy(hidden: torch.Tensor, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean full-softmax cross-entropy; ``labels`` index rows of ``items``."""
+def full_softmax_cross_entropy(hidden: torch.Tensor, items: torch.Tensor, labels: torch.Tensor,
+                               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Mean full-softmax cross-entropy; ``labels`` index rows of ``items``; ``dtype``: the matmuls' precision
+    (None = that of ``hidden``)."""
     budget = 1 << 21 if hidden.device.type == "cpu" else 1 << 27  # logits per chunk
-    return FullSoftmaxCrossEntropy.apply(hidden, items, labels, max(16, budget // max(items.shape[0], 1)))
+    with torch.autocast(hidden.device.type, enabled=False):  # the precision is ``dtype``'s alone
+        return FullSoftmaxCrossEntropy.apply(widened(hidden), widened(items), labels,
+                                             max(16, budget // max(items.shape[0], 1)), dtype)
 
 
 class NextItemLoss(nn.Module):
@@ -172,9 +189,11 @@ class NextItemLoss(nn.Module):
     the gradient of the global batch's mean loss, so one process and many take the same steps
     (up to float summation order)."""
 
-    def __init__(self, net: SequenceNet, loss: str = "ce", log_q: torch.Tensor | None = None, beta: float = 1.0):
+    def __init__(self, net: SequenceNet, loss: str = "ce", log_q: torch.Tensor | None = None, beta: float = 1.0,
+                 dtype: torch.dtype | None = None):
         super().__init__()
         self.net, self.loss, self.beta = net, loss, beta
+        self.dtype = dtype  # mixed precision (autocast) of the forward pass; None = float32
         self.log_q = log_q  # log sampling probability per item (popularity sampling), None = uniform
 
     def target_states(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -191,14 +210,15 @@ class NextItemLoss(nn.Module):
                 negatives: torch.Tensor | None = None) -> tuple[torch.Tensor | None, float]:
         if batch.shape[0] == 0:  # a part of a batch smaller than the process count: zero gradients
             return None, 0.0
-        hidden, labels, mask, table = self.target_states(batch)
+        with autocast_context(batch.device, self.dtype):
+            hidden, labels, mask, table = self.target_states(batch)
         n = int(mask.sum())
         items, targets = table[1:], labels[mask] - 1
         rows = mask.nonzero()[:, 0] if negatives is not None and negatives.dim() == 2 else None
         if negatives is not None and negatives.dim() == 3:  # per position: keep the target positions'
             negatives = negatives[:, : labels.shape[1]][mask]
         if self.loss == "ce":
-            mean = full_softmax_cross_entropy(hidden[mask], items, targets)
+            mean = full_softmax_cross_entropy(hidden[mask], items, targets, self.dtype)
         elif self.loss == "sampled_softmax":
             mean = sampled_softmax_loss(hidden[mask], items, targets, negatives, self.log_q, rows)
         else:
@@ -320,7 +340,7 @@ class SequentialRecommender(ScoringRecommender, TrainableRecommender):
             q = (counts + 1.0) / (counts + 1.0).sum()  # +1: an item seen once in valid/test only is still drawable
             log_q = torch.as_tensor(np.log(q), dtype=torch.float32, device=self.device)
         beta = gbce_beta(cfg.num_negatives, self.n_items, cfg.gbce_t) if cfg.loss == "gbce" else 1.0
-        return NextItemLoss(self.net, cfg.loss, log_q, beta)
+        return NextItemLoss(self.net, cfg.loss, log_q, beta, autocast_dtype(cfg.autocast, self.device))
 
     def _negatives(self, weights: torch.Tensor | None, epoch: int, step: int, global_rows: int,
                    global_width: int, mine: slice) -> torch.Tensor | None:
@@ -345,11 +365,6 @@ class SequentialRecommender(ScoringRecommender, TrainableRecommender):
             raise ValueError("no training sequence has two or more items")
         lengths = (windows > 0).sum(axis=1)
         n_batches = math.ceil(len(windows) / cfg.batch_size)
-        log(
-            f"{name}: {len(windows)} training windows ({int((lengths - 1).sum())} next-item targets), "
-            f"{n_batches} steps/epoch, {sum(p.numel() for p in self.net.parameters())} parameters, "
-            f"{torch.get_num_threads()} threads, device {self.device}"
-        )
         # One code path for one process and many (torchrun / accelerate launch): each process trains on
         # its part of every batch and the gradients are summed (recfm.distributed), as every trainer does.
         world = distributed.world_size()
@@ -360,6 +375,12 @@ class SequentialRecommender(ScoringRecommender, TrainableRecommender):
             log(f"{name}: process {state.process_index} of {world} ({state.distributed_type.value}); "
                 f"each takes 1/{world} of every batch")
         loss_module = self._loss_module(split)
+        precision = "float32" if loss_module.dtype is None else f"{str(loss_module.dtype).removeprefix('torch.')} autocast"
+        log(
+            f"{name}: {len(windows)} training windows ({int((lengths - 1).sum())} next-item targets), "
+            f"{n_batches} steps/epoch, {sum(p.numel() for p in self.net.parameters())} parameters, "
+            f"{torch.get_num_threads()} threads, device {self.device}, {precision}"
+        )
         weights = None if loss_module.log_q is None else loss_module.log_q.exp().cpu()  # popularity sampling
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, betas=(0.9, cfg.adam_beta2),
                                       weight_decay=cfg.weight_decay)
@@ -433,6 +454,7 @@ class SequentialRecommender(ScoringRecommender, TrainableRecommender):
             "stopped": fs.stopped,
             "seconds": round(total, 1),
             "seconds_per_epoch": round(float(np.mean([h["train_seconds"] for h in fs.history])), 2),
+            "precision": precision,
             "history": fs.history,
         }
 

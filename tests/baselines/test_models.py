@@ -211,6 +211,34 @@ def test_fused_cross_entropy_matches_reference():
     assert torch.allclose(grads[0], hidden.grad) and torch.allclose(grads[1], items.grad)
 
 
+def test_fused_cross_entropy_in_bf16_stays_close_to_float32():
+    g = torch.Generator().manual_seed(1)
+    items = torch.randn(3001, 32, generator=g) * 0.3
+    hidden = torch.randn(200, 32, generator=g)
+    labels = torch.randint(0, 3000, (200,), generator=g)
+    results = []
+    for dtype in (None, torch.bfloat16):
+        h, it = hidden.clone().requires_grad_(), items.clone().requires_grad_()
+        loss = full_softmax_cross_entropy(h, it[1:], labels, dtype)
+        loss.backward()
+        results.append((loss.item(), h.grad, it.grad))
+    (exact, gh, gi), (low, lh, li) = results
+    assert lh.dtype == torch.float32 and li.dtype == torch.float32  # gradients stay float32
+    assert low == pytest.approx(exact, rel=5e-3)
+    assert F.cosine_similarity(gh.flatten(), lh.flatten(), dim=0) > 0.999
+    assert F.cosine_similarity(gi.flatten(), li.flatten(), dim=0) > 0.999
+
+
+@pytest.mark.parametrize("cls,cfg_cls,kw", MODELS_UNDER_TEST, ids=IDS)
+def test_bf16_autocast_learns_without_touching_test_and_scores_in_float32(cls, cfg_cls, kw, split):
+    model = make(cls, cfg_cls, kw, autocast="bf16")
+    history = model.fit(LeaveOneOut(split.train, split.valid, Untouchable()), Protocol(), log=quiet)
+    assert history["precision"] == "bfloat16 autocast"
+    assert evaluate(model, split.test, Protocol())["hr@10"] > 0.8  # chance: 10 / 60
+    assert model.score([[1, 2, 3]]).dtype == torch.float32
+    assert make(cls, cfg_cls, kw).fit(split, Protocol(), log=quiet)["precision"] == "float32"  # the default
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("sasrec-*.yaml")) + sorted(CONFIGS.glob("gru4rec-*.yaml"))
                          + sorted(CONFIGS.glob("textid-*.yaml")), ids=lambda p: p.name)
 def test_presets_validate(path):
