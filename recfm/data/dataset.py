@@ -60,9 +60,30 @@ class SequenceDataset:
     def item_index(self) -> dict[str, int]:
         return {it: i + 1 for i, it in enumerate(self.item_ids)}
 
+    def sorted_by_item_id_share(self) -> float | None:
+        """Among users with an evaluation case (3 or more items), the share whose sequence never
+        goes down in item-id order (numeric ids compared as numbers). Time order makes that rare
+        (1 in n! for n distinct items in random order); a file whose sequences were sorted by id
+        instead of by time gives 1.0, and its leave-one-out then holds out the largest id, not the
+        newest item. None without such users."""
+        lengths = np.diff(self.offsets)
+        eligible = lengths >= 3
+        if not eligible.any():
+            return None
+        numeric = all(i.isdigit() for i in self.item_ids)
+        order = sorted(range(self.n_items), key=(lambda i: int(self.item_ids[i])) if numeric else self.item_ids.__getitem__)
+        rank = np.zeros(self.n_items + 1, dtype=np.int64)
+        rank[np.asarray(order, dtype=np.int64) + 1] = np.arange(self.n_items)
+        down = np.diff(rank[self.items]) < 0  # step i: from interaction i to i + 1
+        down[self.offsets[1:-1] - 1] = False  # steps from one user's last item to the next user's first
+        downs = np.concatenate([[0], np.cumsum(down)])
+        per_user = downs[np.maximum(self.offsets[1:] - 1, self.offsets[:-1])] - downs[self.offsets[:-1]]
+        return float((per_user[eligible] == 0).mean())
+
     def stats(self) -> dict:
         lengths = np.diff(self.offsets)
         n = self.n_users * self.n_items
+        share = self.sorted_by_item_id_share()
         return {
             "users": self.n_users,
             "items": self.n_items,
@@ -72,6 +93,7 @@ class SequenceDataset:
             "median_sequence_length": float(np.median(lengths)),
             "max_sequence_length": int(lengths.max()),
             "has_timestamps": bool(np.isfinite(self.timestamps).any()),
+            "sorted_by_item_id": None if share is None else round(share, 4),
         }
 
     # -- persistence (Parquet + JSON, no pickle) --------------------------------------

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from recfm.errors import RecfmError
 from recfm.data.cache import cache_key, cache_root, fingerprint_files
 from recfm.atomic import atomic_directory
@@ -129,6 +131,19 @@ def resolve(name_or_path: str | Path) -> tuple[str, str, Path, PrepConfig]:
     return (path.name if path.is_dir() else path.name.split(".")[0]), fmt.name, path, PrepConfig()
 
 
+SORTED_WARNING_MIN_USERS = 200  # below this a share says little (small fixtures often list items in id order)
+
+
+def warn_if_sorted_by_id(dataset: SequenceDataset) -> None:
+    """A warning when most sequences are sorted by item id: such a file was not written in time
+    order, so leave-one-out would hold out each user's largest id instead of the newest item."""
+    share = dataset.sorted_by_item_id_share()
+    if share is not None and share > 0.5 and int((np.diff(dataset.offsets) >= 3).sum()) >= SORTED_WARNING_MIN_USERS:
+        log.warning("%s: %.0f%% of the users' sequences are sorted by item id, not by time: leave-one-out will hold "
+                    "out each user's largest item id, not the newest item (docs/data.md, 'Order')",
+                    dataset.name, 100 * share)
+
+
 def source_files(path: Path) -> list[Path]:
     return [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
 
@@ -151,11 +166,13 @@ def load_dataset(
         log.info("%s: prepared data from cache %s", name, target)
         dataset = SequenceDataset.load(target)
         dataset.fingerprint = key
+        warn_if_sorted_by_id(dataset)
         return dataset
     log.info("%s: reading %s (%s)", name, path, fmt)
     raw = FORMATS[fmt].load(path, name=name)
     dataset = preprocess(raw, prep)
     dataset.fingerprint = key
+    warn_if_sorted_by_id(dataset)
     if use_cache:
         with atomic_directory(target) as tmp:
             dataset.save(tmp)
