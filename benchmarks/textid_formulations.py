@@ -9,6 +9,9 @@ configs/textid-<dataset>-prompt.yaml the paper's prompt formulation):
     items-full      the same with the full-vocabulary softmax (loss=full)
     items-noaux     the same without the auxiliary item softmax (items.item_loss_weight=0)
     items-40min     the preset with a 40-minute training cap instead of its own
+    items-bf16      the preset trained under autocast: auto (bf16 where the CPU computes it natively)
+    items-bf16-rerank  the same, and the beam's candidates re-ordered by the item head, its weight chosen on
+                    validation from 0, 0.5 and 1 (items.rerank_weights)
     items-untied    the same with separate decoder word embeddings (items.tie_words=false)
     items-unscaled  the same without the sqrt(d) scale of the pooled item vectors (items.scale_items=false)
     items-nowd      the same without AdamW's default weight decay of 0.01 (rec_weight_decay=0)
@@ -45,6 +48,8 @@ CELLS = {
     "items-full": ("textid", "textid-{dataset}.yaml", ["loss=full"]),
     "items-noaux": ("textid", "textid-{dataset}.yaml", ["items.item_loss_weight=0"]),
     "items-40min": ("textid", "textid-{dataset}.yaml", ["max_train_minutes=40"]),
+    "items-bf16": ("textid", "textid-{dataset}.yaml", ["autocast=auto"]),
+    "items-bf16-rerank": ("textid", "textid-{dataset}.yaml", ["autocast=auto", "items.rerank_weights=[0.0,0.5,1.0]"]),
     "items-untied": ("textid", "textid-{dataset}.yaml", ["items.tie_words=false"]),
     "items-unscaled": ("textid", "textid-{dataset}.yaml", ["items.scale_items=false"]),
     "items-nowd": ("textid", "textid-{dataset}.yaml", ["rec_weight_decay=0"]),

@@ -104,3 +104,9 @@ class FastDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def widened(t: torch.Tensor) -> torch.Tensor:
+    """float32 for a half-precision tensor (autocast's bf16 matmul outputs), anything wider as it is:
+    softmaxes and losses are computed at float32 or more."""
+    return t.float() if t.is_floating_point() and t.element_size() < 4 else t

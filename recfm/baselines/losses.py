@@ -31,15 +31,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from recfm.compute import widened
+
 LossName = Literal["ce", "sampled_softmax", "gbce"]
 Sampling = Literal["uniform", "popularity"]
 NegativesPer = Literal["batch", "sequence", "position"]
-
-
-def widened(t: torch.Tensor) -> torch.Tensor:
-    """float32 for a half-precision tensor (autocast's bf16 matmul outputs), anything wider as it is:
-    softmaxes and losses are computed at float32 or more."""
-    return t.float() if t.is_floating_point() and t.element_size() < 4 else t
 
 
 def batch_generator(seed: int, epoch: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:

@@ -39,11 +39,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from recfm.baselines.losses import (LossName, NegativesPer, Sampling, batch_generator, draw_negatives, gbce_beta,
-                                    gbce_loss, sampled_softmax_loss, widened)
+                                    gbce_loss, sampled_softmax_loss)
 from recfm.checkpoint import (Checkpoint, check_same_config, load_latest, load_optimizer_state, load_rng_state,
                               optimizer_state, rng_state, save_checkpoint)
 from recfm import distributed
-from recfm.compute import fast_dropout, flushed_denormals, training_context
+from recfm.compute import fast_dropout, flushed_denormals, training_context, widened
 from recfm.curves import REPORT_TO_HELP, ReportTo, TrainingHistory
 from recfm.data.split import LeaveOneOut
 from recfm.data.windows import epoch_batches, pad_right, training_windows

@@ -88,6 +88,11 @@ class TextIDConfig(BaseModel):
                                              "after every step); the best epoch so far is kept")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; None = the recfm default")
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1', ...")
+    autocast: Literal["auto", "bf16"] | None = Field(
+        None, description="formulations items and sequence: the training forward pass in mixed precision, bf16 "
+                          "(weights, optimizer and the trie softmax stay float32); auto = bf16 only where the device "
+                          "computes it natively (AVX512-BF16/AMX CPUs, GPUs with bf16), else float32; None = float32. "
+                          "Beam search is always float32")
     seed: int = Field(0, description="seed of weight initialisation, data order and sampling")
     report_to: ReportTo = Field("none", description=REPORT_TO_HELP)
 

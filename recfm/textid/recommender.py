@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from recfm.compute import eval_mode
-from recfm.models.batching import pad_rows
+from recfm.models.batching import autocast_context, pad_rows
 from recfm.data.windows import epoch_batches
 from recfm.recommender import TopK
 from recfm.textid.ids import normalize_id
@@ -41,11 +41,14 @@ def write_id_table(path: Path, item_keys: Sequence[str], ids: Sequence[str]) -> 
 
 def train_on_windows(model: torch.nn.Module, window_loss: Callable[[torch.Tensor], tuple[torch.Tensor, int]],
                      windows: np.ndarray, batch_size: int, rng: np.random.Generator, optimizer: torch.optim.Optimizer,
-                     *, stop: Callable[[], bool] = lambda: False, progress: Callable | None = None) -> tuple[float, int]:
+                     *, stop: Callable[[], bool] = lambda: False, progress: Callable | None = None,
+                     autocast: torch.dtype | None = None) -> tuple[float, int]:
     """One epoch over right-padded item ``windows`` (the recommenders that train on whole sequences:
     item-level and whole-sequence): batches of similar length, ``window_loss(batch) -> (mean loss,
-    tokens)``, gradient clipping at 1. Returns (mean token loss, steps). ``stop()`` is read after every
-    step (the time budget) and ends the epoch early; the model is left in eval mode."""
+    tokens)`` (its forward pass under ``autocast``, e.g. bf16), gradient clipping at 1. Returns (mean
+    token loss, steps). ``stop()`` is read after every step (the time budget) and ends the epoch early;
+    the model is left in eval mode."""
+    device = next(model.parameters()).device
     model.train()
     lengths = (windows > 0).sum(1)
     batches = epoch_batches(lengths, batch_size, rng, sort_by_length=True)
@@ -54,7 +57,8 @@ def train_on_windows(model: torch.nn.Module, window_loss: Callable[[torch.Tensor
         for rows in (progress(batches) if progress else batches):
             batch = torch.from_numpy(windows[rows][:, : max(2, int(lengths[rows].max()))])
             optimizer.zero_grad(set_to_none=True)
-            loss, n = window_loss(batch)
+            with autocast_context(device, autocast):
+                loss, n = window_loss(batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

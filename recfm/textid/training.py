@@ -36,6 +36,7 @@ import torch
 
 from recfm import distributed
 from recfm.compute import training_context
+from recfm.models.batching import autocast_dtype
 from recfm.curves import TrainingHistory
 from recfm.data.split import LeaveOneOut
 from recfm.evaluation.protocol import Protocol, evaluate
@@ -387,9 +388,12 @@ class TextIDModel(TrainableRecommender):
         valid = selection_cases(split.valid, cfg.valid_sample, rng)
         params = [p for p in self.rec.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.rec_lr, weight_decay=cfg.rec_weight_decay)
+        precision = autocast_dtype(cfg.autocast, self.rec.device)
+        precision_name = str(precision or torch.float32).removeprefix("torch.")
         log_fn(f"textid ({name}): {len(windows)} training windows, {vocabulary}, "
                f"{sum(p.numel() for p in self.rec.model.parameters()) / 1e6:.1f}M parameters, {cfg.loss} loss, "
-               f"{len(valid)} validation cases for selection, {torch.get_num_threads()} threads")
+               f"{len(valid)} validation cases for selection, {torch.get_num_threads()} threads, "
+               f"{precision_name} training")
         metric = protocol.selection_metric
         best: dict[str, Any] = {"value": -math.inf}
         history: list[dict] = []
@@ -401,7 +405,7 @@ class TextIDModel(TrainableRecommender):
         for epoch in range(1, cfg.rec_epochs + 1):
             t0 = time.perf_counter()
             loss, _ = self.rec.train_epoch(
-                windows, cfg.batch_size, rng, optimizer, stop=over,
+                windows, cfg.batch_size, rng, optimizer, stop=over, autocast=precision,
                 progress=lambda b: tqdm(b, desc=f"epoch {epoch}", unit="batch", mininterval=5, leave=False))
             row = {"round": 1, "epoch": epoch, "loss": round(loss, 5), "train_seconds": round(time.perf_counter() - t0, 1)}
             if epoch % cfg.eval_every == 0 or epoch == cfg.rec_epochs or over():
@@ -420,12 +424,36 @@ class TextIDModel(TrainableRecommender):
                 stopped = "patience"
                 break
         self._restore(best)
+        rerank = self._choose_rerank_weight(valid, protocol, best, log_fn) if name == "items" else None
         total = time.perf_counter() - start
         log_fn(f"textid ({name}): done in {total:.0f}s ({stopped}); best epoch {best.get('epoch')} "
                f"valid {metric} {best['value']:.5f}")
         return {"best_round": 1, "best_epoch": best.get("epoch"), "best_valid": best.get("valid", {}),
                 "stopped": stopped, "seconds": round(total, 1), "history": history, "rounds": [{"round": 1}],
-                "initial_ids": report, "training_windows": int(len(windows))}
+                "initial_ids": report, "training_windows": int(len(windows)), "precision": precision_name,
+                **({"rerank": rerank} if rerank else {})}
+
+    def _choose_rerank_weight(self, valid, protocol: Protocol, best: dict, log_fn) -> dict | None:
+        """``items.rerank_weights``: each weight scored on the selection cases with the best epoch's
+        weights, the best kept (the first on a tie) and written into ``config.items.rerank_weight``."""
+        weights = self.config.items.rerank_weights
+        if weights == [self.config.items.rerank_weight]:
+            return None
+        metric, scores = protocol.selection_metric, {}
+        chosen, value, chosen_valid = self.config.items.rerank_weight, -math.inf, best.get("valid", {})
+        for w in weights:
+            self.rec.model.rerank_weight = w
+            m = evaluate(self.rec, valid, protocol)
+            scores[str(w)] = round(m[metric], 6)
+            log_fn(f"items.rerank_weight {w}: valid {metric} {m[metric]:.5f}")
+            if m[metric] > value:
+                chosen, value = w, m[metric]
+                chosen_valid = {k: round(v, 6) for k, v in m.items() if k not in ("cases", "eval_seconds")}
+        self.rec.model.rerank_weight = chosen
+        self.config.items = self.config.items.model_copy(update={"rerank_weight": chosen})
+        best.update(value=value, valid=chosen_valid)
+        log_fn(f"items.rerank_weight {chosen} chosen on validation")
+        return {"valid": scores, "chosen": chosen}
 
     def _regenerate_ids(self, log_fn) -> dict:
         ids, stats = self.generator.assign(self.catalog.texts, self.config.unique, progress=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from recfm.compute import widened
 from recfm.textid.trie import TokenTrie
 
 IGNORE = -100
@@ -45,6 +46,7 @@ def trie_log_probs(hidden: torch.Tensor, nodes: torch.Tensor, targets: torch.Ten
     """``log p(target | allowed tokens at node)`` per row, with logits ``hidden @ weight.T + bias``
     computed only for the allowed tokens. ``hidden`` ``[M, d]``, ``nodes`` / ``targets`` ``[M]``.
     Rows whose target the trie does not allow there get ``-inf``."""
+    hidden = widened(hidden)  # bf16 states under autocast: the sums and logsumexps below run in float32
     m = hidden.shape[0]
     out = hidden.new_zeros(m)
     if m == 0:
@@ -56,7 +58,7 @@ def trie_log_probs(hidden: torch.Tensor, nodes: torch.Tensor, targets: torch.Ten
     if bool(root.any()):  # every root row allows the same tokens: one dense product
         first = trie.child_tokens[trie.offsets[0] : trie.offsets[1]]
         logits = hidden[root] @ weight[first].T + (bias[first] if bias is not None else 0)
-        lse[root] = torch.logsumexp(logits, dim=1)
+        lse[root] = torch.logsumexp(widened(logits), dim=1)
     rest = torch.nonzero(~root).squeeze(1)
     if rest.numel():
         rows, toks = trie.allowed_tokens(nodes[rest])

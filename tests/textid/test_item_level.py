@@ -151,3 +151,85 @@ def test_the_auxiliary_item_loss_is_the_catalog_softmax_and_its_sampled_estimate
 
 def test_no_target_reaches_the_item_level_model_with_the_item_loss(shop, monkeypatch):
     assert_targets_never_reach_training(shop, monkeypatch, {**ITEMS, "items": {**ITEMS["items"], "item_loss_weight": 1.0}})
+
+
+def test_pooled_item_vectors_are_the_mean_of_the_id_words_without_padding():
+    rec = random_recommender(2)
+    net, id_tokens = rec.model, rec.id_tokens
+    items = torch.tensor([[1, 5, 0], [16, 0, 0]])  # 0: the padding item, whose ID has no words
+    tokens = id_tokens[items]
+    count = (tokens != 0).sum(-1, keepdim=True)
+    slow = (net.word_emb(tokens) * (tokens != 0)[..., None]).sum(-2) / count.clamp(min=1)
+    assert torch.allclose(net.item_vectors(items, id_tokens), slow, atol=1e-5)
+    assert not net.item_vectors(items, id_tokens)[0, 2].any()
+
+
+def test_dropout_is_the_fast_mask_everywhere_and_off_in_eval():
+    from recfm.compute import FastDropout
+
+    rec = random_recommender(3)
+    dropouts = [m for m in rec.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert not dropouts, "every dropout module is FastDropout (attention dropout stays inside MultiheadAttention)"
+    assert sum(isinstance(m, FastDropout) for m in rec.model.modules()) == 2 + 3  # input, decoder; 3 per layer
+    histories = torch.tensor([[1, 2, 3, 0], [5, 6, 0, 0]])
+    rec.model.eval()
+    assert torch.equal(rec.model.encode(histories, rec.id_tokens), rec.model.encode(histories, rec.id_tokens))
+
+
+def test_bf16_autocast_loss_is_close_to_float32_and_returns_float32():
+    rec = random_recommender(4)
+    with torch.no_grad():
+        for p in rec.model.parameters():
+            p.div_(20)  # the fixture's x20 scale makes logits too large for a bf16 comparison
+    rec.model.item_loss_weight = 1.0
+    windows = torch.tensor([[1, 2, 3, 4, 0], [5, 6, 7, 8, 9], [16, 1, 0, 0, 0]])
+    rec.model.eval()
+    torch.manual_seed(0)
+    full, n = rec.loss(windows)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(0)
+        half, m = rec.loss(windows)
+    assert n == m and half.dtype == torch.float32
+    assert abs(float(half) - float(full)) < 0.02 * abs(float(full))
+
+
+def test_item_level_trains_under_bf16_autocast_through_the_cli(shop, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "textid", "--dataset", str(shop), "--output", str(out), *CLI_OVERRIDES,
+                                 "rec_epochs=2", "autocast=bf16"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training"]["precision"] == "bfloat16"
+    losses = [row["loss"] for row in metrics["training"]["history"]]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_reranked_beam_is_the_exact_top_k_of_id_plus_weighted_item_head_log_probs():
+    rec = random_recommender(5, tie_words=True)
+    histories = [[1, 2, 3], [5], [16, 4, 9, 9, 1, 2, 3, 7]]
+    exact = rec.item_log_probs(histories)
+    seqs, last = __import__("recfm.data.windows", fromlist=["pad_right"]).pad_right(histories, rec.max_len)
+    with torch.no_grad():
+        states = rec.model.encode(seqs, rec.id_tokens)[torch.arange(3), last]
+        catalog = torch.arange(1, rec.n_items + 1)
+        head = torch.log_softmax(states @ (rec.model.item_vectors(catalog, rec.id_tokens) * rec.model.item_scale).T, 1)
+    rec.num_beams = rec.n_items
+    rec.model.rerank_weight = 0.7
+    top = rec.recommend(histories, k=5)
+    want = torch.topk(exact[:, 1:] + 0.7 * head, 5, dim=1)
+    assert np.array_equal(top.items, want.indices.numpy() + 1)
+    np.testing.assert_allclose(top.scores, want.values.numpy(), atol=1e-4)
+    rec.model.rerank_weight = 0.0
+    assert not np.array_equal(rec.recommend(histories, k=5).items, top.items)  # the weight changes the lists
+
+
+def test_the_rerank_weight_is_chosen_on_validation_and_saved_with_the_run(shop, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "textid", "--dataset", str(shop), "--output", str(out), *CLI_OVERRIDES,
+                                 "rec_epochs=2", "items.item_loss_weight=1", "items.rerank_weights=[0.0,1.0]"])
+    assert result.exit_code == 0, result.output
+    rerank = json.loads((out / "metrics.json").read_text())["training"]["rerank"]
+    assert set(rerank["valid"]) == {"0.0", "1.0"} and rerank["chosen"] in (0.0, 1.0)
+    assert rerank["valid"][str(rerank["chosen"])] == max(rerank["valid"].values())
+    meta = json.loads((out / "recommender" / "recfm-textid.json").read_text())
+    assert meta["config"]["rerank_weight"] == rerank["chosen"]

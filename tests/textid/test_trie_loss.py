@@ -76,6 +76,21 @@ def test_sparse_log_probs_equal_masked_log_softmax_and_have_finite_gradients(see
     assert bad.item() == -np.inf
 
 
+def test_sparse_log_probs_of_bf16_states_under_autocast_are_float32_and_close():
+    trie, seqs = random_trie(5, vocab=30)
+    gen = torch.Generator().manual_seed(5)
+    targets = torch.tensor([s + [EOS] + [PAD] * (5 - len(s)) for s in seqs])
+    states = prefix_states(trie, targets)
+    valid = targets != PAD
+    hidden = torch.randn(int(valid.sum()), 8, generator=gen).bfloat16()  # what a bf16 decoder returns
+    weight, bias = torch.randn(30, 8, generator=gen), torch.randn(30, generator=gen)
+    exact = trie_log_probs(hidden.float(), states[valid], targets[valid], weight, bias, trie)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lp = trie_log_probs(hidden, states[valid], targets[valid], weight, bias, trie)
+    assert lp.dtype == torch.float32
+    torch.testing.assert_close(lp, exact, atol=0.1, rtol=0.02)  # bf16 root matmul, float32 logsumexp
+
+
 def test_seq2seq_recommender_loss_is_the_trie_cross_entropy_of_its_logits(tmp_path, monkeypatch):
     from recfm.data.registry import load_dataset
     from tests.textid.test_training import tiny_model, write_shop
