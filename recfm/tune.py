@@ -71,7 +71,9 @@ class Param(BaseModel):
             return trial.suggest_categorical(name, self.choices)
         if self.type == "int":
             return trial.suggest_int(name, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
-        return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
+        value = trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
+        # Optuna builds stepped values as low + k * step: 0.1 + 2 * 0.1 is 0.30000000000000004 in a config
+        return float(f"{value:.12g}") if self.step else value
 
     def example(self):
         return self.choices[0] if self.type == "categorical" else (int(self.low) if self.type == "int" else self.low)

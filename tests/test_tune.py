@@ -103,3 +103,13 @@ def test_a_resumed_search_does_not_replay_its_first_proposals():
 
     assert first_draws(sampler_for(0, 0, 8)) == first_draws(sampler_for(0, 0, 8))  # reproducible
     assert first_draws(sampler_for(0, 4, 8)) != first_draws(sampler_for(0, 0, 8))  # resumed: new draws
+
+
+def test_stepped_float_values_reach_the_config_as_written_decimals():
+    import optuna
+
+    from recfm.tune import Param
+
+    param = Param(type="float", low=0.0, high=0.4, step=0.1)
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler({"p": [0.30000000000000004]}))
+    assert param.suggest(study.ask(), "p") == 0.3
