@@ -1,4 +1,4 @@
-"""Seconds per training epoch of the baseline presets, float32 against mixed precision (issue 15).
+"""Seconds per training epoch of the baseline and textual-ID presets, float32 against mixed precision.
 
 Each cell is a fresh process that trains the preset ``configs/MODEL-DATASET.yaml`` for one epoch
 through the real trainer (``fit``: length-sorted batches of the training windows, the preset's loss
@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CELLS = ["sasrec:amazon-beauty", "sasrec:amazon-sports", "sasrec:movielens-1m",
          "gru4rec:amazon-beauty", "gru4rec:amazon-sports", "gru4rec:movielens-1m"]
+# The textual-ID presets (formulation: items) are timed the same way: --cells textid:amazon-beauty
 
 CELL_SCRIPT = r"""
 import json, sys
@@ -35,16 +36,17 @@ from recfm.data.registry import load_dataset
 from recfm.evaluation.protocol import Protocol
 from recfm.model_table import MODELS
 from recfm.models.batching import native_bf16
+from recfm.runs import catalog_kwargs
 
 model, dataset, autocast, threads = sys.argv[1:5]
-overrides = ["epochs=1", "show_progress=false", "max_train_minutes=null",
-             "autocast=" + ("null" if autocast == "none" else autocast)]
+epochs = ["rec_epochs=1"] if model == "textid" else ["epochs=1", "show_progress=false"]
+overrides = [*epochs, "max_train_minutes=null", "autocast=" + ("null" if autocast == "none" else autocast)]
 if threads != "all":
     overrides.append(f"num_threads={threads}")
 entry = MODELS[model]
 run, cfg, layers = resolve(model, dataset, entry.config, overrides=overrides)
 data = load_dataset(run.dataset)
-rec = entry.model(cfg, data.n_items)
+rec = entry.model(cfg, data.n_items, **catalog_kwargs(entry, data, run.dataset))
 out = rec.fit(data.split(), Protocol(), log=lambda _m: None)
 row = out["history"][0]
 print(json.dumps({"train_seconds": row["train_seconds"], "valid_seconds": row["valid_seconds"],

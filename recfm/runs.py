@@ -116,7 +116,7 @@ def train_run(
         log.info("%s: %s", data.name, data.stats())
         env = _environment(model_cfg)
         log.info("threads: %s torch threads, OMP_WAIT_POLICY=%s", env["torch_threads"], env["omp_wait_policy"])
-        recommender = entry.model(model_cfg, data.n_items, **_catalog_kwargs(entry, data, dataset))
+        recommender = entry.model(model_cfg, data.n_items, **catalog_kwargs(entry, data, dataset))
         start = time.perf_counter()
         resumable = entry.model.resumable
         checkpoint_kwargs = {"checkpoints": output / CHECKPOINTS, "resume": resume} if resumable else {}
@@ -186,7 +186,9 @@ def _check_resumable(output: Path, config_text: str, entry) -> None:
                            "the same model, dataset, --config and overrides (or --config that file)", error=RunError)
 
 
-def _catalog_kwargs(entry, data, dataset: str) -> dict:
+def catalog_kwargs(entry, data, dataset: str) -> dict:
+    """What a model-table row's constructor takes beside its config and item count: the catalog, for
+    models that read item metadata (``uses_catalog``)."""
     return {"catalog": _catalog(data, dataset)} if entry.model.uses_catalog else {}
 
 
@@ -222,7 +224,7 @@ def load_run(run_dir: Path, allow_data_change: bool = False):
     if entry.weights_dir and not weights.is_dir():
         raise RunError(f"{run_dir} has no {entry.weights_dir}/ folder: training did not finish")
     try:
-        model = entry.model.load(weights, model_cfg, data.n_items, **_catalog_kwargs(entry, data, run.dataset))
+        model = entry.model.load(weights, model_cfg, data.n_items, **catalog_kwargs(entry, data, run.dataset))
     except FileNotFoundError as e:
         raise RunError(str(e)) from None
     except Exception as e:  # a truncated or foreign weights file: say which run, not a library traceback

@@ -71,9 +71,21 @@ class Param(BaseModel):
             return trial.suggest_categorical(name, self.choices)
         if self.type == "int":
             return trial.suggest_int(name, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
-        value = trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
-        # Optuna builds stepped values as low + k * step: 0.1 + 2 * 0.1 is 0.30000000000000004 in a config
-        return float(f"{value:.12g}") if self.step else value
+        return self.written(trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step))
+
+    def written(self, value):
+        """The value as a config should hold it: Optuna builds stepped floats as low + k * step, and
+        0.1 + 2 * 0.1 is 0.30000000000000004."""
+        return float(f"{value:.12g}") if self.type == "float" and self.step else value
+
+    def contains(self, value) -> bool:
+        """Whether the search can propose ``value`` (inside the bounds, and on the grid when stepped)."""
+        if self.type == "categorical":
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+            return False
+        return not self.step or math.isclose(round((value - self.low) / self.step) * self.step + self.low, value,
+                                             rel_tol=1e-9, abs_tol=1e-12)
 
     def example(self):
         return self.choices[0] if self.type == "categorical" else (int(self.low) if self.type == "int" else self.low)
@@ -117,6 +129,22 @@ def _fixed(space: SearchSpace) -> list[str]:
     return [_override(k, v) for k, v in space.fixed.items()]
 
 
+def base_params(space: SearchSpace, run_cfg, model_cfg) -> dict | None:
+    """The searched fields' values in the configuration every trial starts from (defaults, preset,
+    ``--config``, ``fixed``), when the search can propose all of them; else None. A fresh search runs
+    them as its first trial, so the table always shows where the search started."""
+    values = {}
+    for key, param in space.params.items():
+        path, _ = parse_override(f"{key}=0")
+        obj = model_cfg if path[0] == "model" else run_cfg
+        for part in path[1:] if path[0] == "model" else path:
+            obj = getattr(obj, part, None)
+        if obj is None or not param.contains(obj):
+            return None
+        values[key] = obj
+    return values
+
+
 def tune(model: str, dataset: str, space_path: Path, trials: int, output: Path, *, config_file: Path | None = None,
          timeout_minutes: float | None = None, seed: int = 0,
          progress: Callable[[str, int], Callable[[int], None]] | None = None) -> dict:
@@ -129,7 +157,7 @@ def tune(model: str, dataset: str, space_path: Path, trials: int, output: Path, 
     if not entry.model.reports_validation:
         raise ConfigError(f"{model} has no per-epoch validation to search over (tune sasrec, gru4rec, ...)")
     space = load_space(space_path, model, dataset, entry.config, config_file)
-    run_cfg, _, _ = resolve(model, dataset, entry.config, config_file, _fixed(space))
+    run_cfg, model_cfg, _ = resolve(model, dataset, entry.config, config_file, _fixed(space))
     metric = space.metric or run_cfg.protocol.selection_metric
     output = Path(output)
     (output / "trials").mkdir(parents=True, exist_ok=True)
@@ -144,6 +172,9 @@ def tune(model: str, dataset: str, space_path: Path, trials: int, output: Path, 
     # moves on with the trials already in the study (the same command still gives the same search).
     study.sampler = sampler_for(seed, len(study.trials), trials)
     _requeue_interrupted(study)
+    if not study.trials and (base := base_params(space, run_cfg, model_cfg)) is not None:
+        study.enqueue_trial(base)
+        log.info("trial 0 runs the base configuration's own values: %s", base)
     done = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
     if done:
         log.info("resuming the search in %s: %d of %d trials already finished", output, done, trials)
@@ -178,13 +209,13 @@ def tune(model: str, dataset: str, space_path: Path, trials: int, output: Path, 
     best_dir = output / best.user_attrs["run_dir"]
     # the test split is scored here, once, for the best trial only
     test = evaluate_run(best_dir, splits=("test",), progress=progress)["test"]
-    best_overrides = {**space.fixed, **best.params}
+    best_overrides = {**space.fixed, **{k: space.params[k].written(v) for k, v in best.params.items()}}
     best_cfg = _as_config(best_overrides)
     atomic_write_text(output / "best.yaml", f"# recfm tune {model} on {dataset}: trial {best.number}, "
                                             f"valid {metric} {best.value:.5f} (the best of {len(complete)} completed)\n"
                                             + yaml.safe_dump(best_cfg, sort_keys=False))
     summary = {"model": model, "dataset": dataset, "metric": metric, "best_trial": best.number,
-               "best_valid": best.value, "best_params": best.params, "best_run": str(best_dir),
+               "best_valid": best.value, "best_params": {k: space.params[k].written(v) for k, v in best.params.items()}, "best_run": str(best_dir),
                "test": test, "test_note": "scored once, for the best trial on validation; no trial saw test",
                "trials": len(study.trials), "completed": len(complete),
                "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)}
@@ -234,7 +265,7 @@ def trial_rows(study, space: SearchSpace, metric: str) -> list[dict]:
                      (round(t.intermediate_values[last], 5) if last is not None else None),
                      "epochs": t.user_attrs.get("epochs", last),
                      "train s": t.user_attrs.get("train_seconds"),
-                     **{k: t.params.get(k) for k in space.params}})
+                     **{k: (p.written(t.params[k]) if k in t.params else None) for k, p in space.params.items()}})
     return rows
 
 

@@ -113,3 +113,23 @@ def test_stepped_float_values_reach_the_config_as_written_decimals():
     param = Param(type="float", low=0.0, high=0.4, step=0.1)
     study = optuna.create_study(sampler=optuna.samplers.GridSampler({"p": [0.30000000000000004]}))
     assert param.suggest(study.ask(), "p") == 0.3
+
+
+def test_a_fresh_search_starts_from_the_base_configuration_when_the_space_holds_it():
+    from recfm.config import resolve
+    from recfm.model_table import MODELS
+    from recfm.tune import SearchSpace, base_params
+
+    def space(hidden_choices, dropout_low=0.1):
+        return SearchSpace.model_validate({"fixed": {"lr": 0.002}, "params": {
+            "lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
+            "hidden_size": {"type": "categorical", "choices": hidden_choices},
+            "dropout": {"type": "float", "low": dropout_low, "high": 0.5, "step": 0.1},
+            "protocol.exclude_history": {"type": "categorical", "choices": [False, True]}}})
+
+    run_cfg, model_cfg, _ = resolve("sasrec", "movielens-100k", MODELS["sasrec"].config, None,
+                                    ["lr=0.002", "hidden_size=64", "dropout=0.3"])
+    assert base_params(space([32, 64]), run_cfg, model_cfg) == {
+        "lr": 0.002, "hidden_size": 64, "dropout": 0.3, "protocol.exclude_history": False}
+    assert base_params(space([32, 128]), run_cfg, model_cfg) is None  # 64 is not a choice
+    assert base_params(space([64], dropout_low=0.15), run_cfg, model_cfg) is None  # 0.3 is off the 0.15 + 0.1k grid
