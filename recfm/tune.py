@@ -209,13 +209,13 @@ def tune(model: str, dataset: str, space_path: Path, trials: int, output: Path, 
     best_dir = output / best.user_attrs["run_dir"]
     # the test split is scored here, once, for the best trial only
     test = evaluate_run(best_dir, splits=("test",), progress=progress)["test"]
-    best_overrides = {**space.fixed, **{k: space.params[k].written(v) for k, v in best.params.items()}}
-    best_cfg = _as_config(best_overrides)
+    best_params = {k: space.params[k].written(v) for k, v in best.params.items()}
+    best_cfg = _as_config({**space.fixed, **best_params})
     atomic_write_text(output / "best.yaml", f"# recfm tune {model} on {dataset}: trial {best.number}, "
                                             f"valid {metric} {best.value:.5f} (the best of {len(complete)} completed)\n"
                                             + yaml.safe_dump(best_cfg, sort_keys=False))
     summary = {"model": model, "dataset": dataset, "metric": metric, "best_trial": best.number,
-               "best_valid": best.value, "best_params": {k: space.params[k].written(v) for k, v in best.params.items()}, "best_run": str(best_dir),
+               "best_valid": best.value, "best_params": best_params, "best_run": str(best_dir),
                "test": test, "test_note": "scored once, for the best trial on validation; no trial saw test",
                "trials": len(study.trials), "completed": len(complete),
                "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)}

@@ -256,9 +256,7 @@ class ItemLevelRecommender:
         masked out of that row)."""
         dev, id_tokens = states.device, self.id_tokens.to(states.device)
         if negatives is None and not self.model.item_loss_negatives:
-            catalog = torch.arange(1, self.n_items + 1, device=dev)
-            vectors = self.model.item_vectors(catalog, id_tokens) * self.model.item_scale
-            return nn.functional.cross_entropy(states @ vectors.T, next_items - 1)
+            return nn.functional.cross_entropy(states @ self._catalog_vectors(dev).T, next_items - 1)
         if negatives is None:
             negatives = torch.randint(1, self.n_items + 1, (self.model.item_loss_negatives,), device=dev)
         vectors = self.model.item_vectors(torch.cat([next_items, negatives]), id_tokens) * self.model.item_scale
@@ -361,12 +359,15 @@ class ItemLevelRecommender:
         found = found.gather(1, pos)
         return found[:, :k].cpu().numpy(), score[:, :k].cpu().numpy()
 
+    def _catalog_vectors(self, device: torch.device) -> torch.Tensor:
+        """``[n_items, d]``: every catalog item's output vector in the item head (its pooled ID words, scaled)."""
+        catalog = torch.arange(1, self.n_items + 1, device=device)
+        return self.model.item_vectors(catalog, self.id_tokens.to(device)) * self.model.item_scale
+
     def _item_head_log_probs(self, states: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``[B, K]``: the log-probability of ``items`` (``[B, K]``, 0 = none) under the auxiliary item
         softmax over the whole catalog after each history's ``states`` ``[B, d]`` (0 for item 0)."""
-        catalog = torch.arange(1, self.n_items + 1, device=states.device)
-        vectors = self.model.item_vectors(catalog, self.id_tokens.to(states.device)) * self.model.item_scale
-        logits = states @ vectors.T
+        logits = states @ self._catalog_vectors(states.device).T
         lp = logits.gather(1, (items - 1).clamp(min=0)) - torch.logsumexp(logits, dim=1, keepdim=True)
         return torch.where(items > 0, lp, torch.zeros_like(lp))
 

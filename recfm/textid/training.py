@@ -249,7 +249,7 @@ class TextIDModel(TrainableRecommender):
     def _select(self, r: int, epoch: int, valid, protocol, best: dict, history: list, log_fn, row: dict | None = None):
         row = row if row is not None else {"round": r, "epoch": epoch}
         m = evaluate(self.rec, valid, protocol)
-        row["valid"] = {k: round(v, 6) for k, v in m.items() if k not in ("cases", "eval_seconds")}
+        row["valid"] = _valid_row(m)
         row["valid_seconds"] = round(m["eval_seconds"], 1)
         metric = protocol.selection_metric
         if m[metric] > best["value"]:
@@ -448,7 +448,7 @@ class TextIDModel(TrainableRecommender):
             log_fn(f"items.rerank_weight {w}: valid {metric} {m[metric]:.5f}")
             if m[metric] > value:
                 chosen, value = w, m[metric]
-                chosen_valid = {k: round(v, 6) for k, v in m.items() if k not in ("cases", "eval_seconds")}
+                chosen_valid = _valid_row(m)
         self.rec.model.rerank_weight = chosen
         self.config.items = self.config.items.model_copy(update={"rerank_weight": chosen})
         best.update(value=value, valid=chosen_valid)
@@ -633,6 +633,11 @@ def _read_ids(directory: Path, catalog: Catalog) -> list[str]:
     if keys != catalog.item_keys:
         raise ValueError(f"{directory / ITEM_IDS_FILE} lists other items than the dataset; was it trained on it?")
     return ids
+
+
+def _valid_row(metrics: dict) -> dict:
+    """A validation result as the history and ``best_valid`` keep it: the metrics, rounded."""
+    return {k: round(v, 6) for k, v in metrics.items() if k not in ("cases", "eval_seconds")}
 
 
 def selection_cases(valid, sample: int, rng: np.random.Generator):
