@@ -16,6 +16,8 @@ configs/textid-<dataset>-prompt.yaml the paper's prompt formulation):
     items-unscaled  the same without the sqrt(d) scale of the pooled item vectors (items.scale_items=false)
     items-nowd      the same without AdamW's default weight decay of 0.01 (rec_weight_decay=0)
     items-nowd-dec256  the same, and a decoder as wide as the history side (items.decoder_size=256)
+    items-fullaux   the preset with the auxiliary item softmax over the whole catalog (items.item_loss_negatives=0)
+    items-aux4096   the preset with 4,096 sampled items in the auxiliary softmax instead of 1,024
     prompt          the paper's formulation (one prompt per prefix through a T5 from a config), full loss
     prompt-trie     the same with the trie-restricted loss
 
@@ -54,6 +56,8 @@ CELLS = {
     "items-unscaled": ("textid", "textid-{dataset}.yaml", ["items.scale_items=false"]),
     "items-nowd": ("textid", "textid-{dataset}.yaml", ["rec_weight_decay=0"]),
     "items-nowd-dec256": ("textid", "textid-{dataset}.yaml", ["rec_weight_decay=0", "items.decoder_size=256"]),
+    "items-fullaux": ("textid", "textid-{dataset}.yaml", ["items.item_loss_negatives=0"]),
+    "items-aux4096": ("textid", "textid-{dataset}.yaml", ["items.item_loss_negatives=4096"]),
     "prompt": ("textid", "textid-{dataset}-prompt.yaml", []),
     "prompt-trie": ("textid", "textid-{dataset}-prompt.yaml", ["loss=trie"]),
 }

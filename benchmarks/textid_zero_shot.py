@@ -6,7 +6,9 @@ interactions is used. Two presets:
 - configs/textid-transfer.yaml, the paper's prompt formulation: the unseen items get IDs from the
   trained generator (Algorithm 1);
 - configs/textid-transfer-items.yaml, the item-level formulation: the unseen items get IDs by the
-  rule the sources' got (extractive words), new words the mean trained word embedding.
+  rule the sources' got (extractive words), new words the mean trained word embedding;
+- configs/textid-transfer-items-encoder.yaml, the same model, new words mapped from all-MiniLM-L6-v2's
+  vector of each word to trained rows (items.unseen_words: encoder, recfm/textid/word_transfer.py).
 
     python benchmarks/textid_zero_shot.py --train movielens-100k+amazon-sports --test amazon-beauty
     python benchmarks/textid_zero_shot.py --config configs/textid-transfer-items.yaml \
@@ -52,7 +54,9 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the training run")
     args = ap.parse_args()
     args.config = args.config.resolve()
-    formulation = yaml.safe_load(args.config.read_text())["model"].get("formulation", "prompt")
+    model = yaml.safe_load(args.config.read_text())["model"]
+    formulation = model.get("formulation", "prompt")
+    unseen = model.get("items", {}).get("unseen_words", "mean")
     out = args.output / args.config.stem
     run = out / args.train
     if args.force or not (run / "metrics.json").is_file():
@@ -65,14 +69,18 @@ def main() -> None:
     pop = ROOT / "runs" / "bench" / args.test / "pop"
     if not (pop / "metrics.json").is_file():  # the yardstick of the zero-shot goal (>= 2x Pop), seconds to train
         sh([sys.executable, "-m", "recfm.cli", "train", "pop", "--dataset", args.test, "--output", str(pop), "--overwrite"])
-    write_section(f"textid-zero-shot-{formulation}", table(out, args.config, formulation))
+    section = f"textid-zero-shot-{formulation}" + ("" if unseen == "mean" else f"-{unseen}")
+    write_section(section, table(out, args.config, formulation, unseen))
     print("wrote docs/results.md")
 
 
-def table(out: Path, config: Path, formulation: str) -> str:
+def table(out: Path, config: Path, formulation: str, unseen: str = "mean") -> str:
     """Every finished (trained on, tested on) pair of one preset, beside Pop on the target and the paper."""
     ids = ("IDs of its items from the trained generator (Algorithm 1)" if formulation == "prompt" else
-           "IDs of its items by the sources' rule (extractive words), words the sources lack at the mean embedding")
+           "IDs of its items by the sources' rule (extractive words), words the sources lack "
+           + ("at the mean embedding" if unseen == "mean" else
+              "mapped from a text encoder's vector of the word (ridge fitted on the sources' words; held-out R^2 "
+              "in the column)"))
     extra = ("items needing a 2nd attempt | suffixed" if formulation == "prompt" else "target ID words unseen | x Pop")
     lines = [
         f"Command: `python benchmarks/textid_zero_shot.py --config {config.relative_to(ROOT)} --train TRAIN --test TEST` "
@@ -96,8 +104,10 @@ def table(out: Path, config: Path, formulation: str) -> str:
             z = m.get("zero_shot_ids", {})
             pop_file = ROOT / "runs" / "bench" / m["dataset"] / "pop" / "metrics.json"
             pop = json.loads(pop_file.read_text())["test"]["ndcg@10"] if pop_file.is_file() else None
-            unseen = f"{z['new_words'] / z['words']:.0%} of {z['words']}" if z.get("words") else "-"
-            cells = f"{unseen} | {t['ndcg@10'] / pop:.2f} (Pop {pop:.4f})" if pop else f"{unseen} | -"
+            new = f"{z['new_words'] / z['words']:.0%} of {z['words']}" if z.get("words") else "-"
+            if "word_map" in z:
+                new += f" (R^2 {z['word_map']['held_out_r2']:.2f})"
+            cells = f"{new} | {t['ndcg@10'] / pop:.2f} (Pop {pop:.4f})" if pop else f"{new} | -"
         lines.append(f"| {m['trained_on']} | {m['dataset']} | {t.get('cases')} | {fmt(t.get('hr@5'))} | {fmt(t.get('ndcg@5'))} | "
                      f"{fmt(t.get('hr@10'))} | {fmt(t.get('ndcg@10'))} | {cells} | "
                      f"{f'{paper[0]:.4f} / {paper[1]:.4f}' if paper else '-'} |")

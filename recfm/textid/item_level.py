@@ -20,7 +20,7 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Callable, Collection, Sequence
+from typing import Callable, Collection, Literal, Sequence
 
 import numpy as np
 import torch
@@ -76,6 +76,14 @@ class ItemLevelConfig(BaseModel):
                                         "beam search alone")
     rerank_weight: float = Field(0.0, ge=0, description="the weight in use (chosen on validation from "
                                  "items.rerank_weights by training; 0 = the ID log-probability alone)")
+    unseen_words: Literal["mean", "encoder"] = Field("mean", description="zero-shot only: how words of an "
+                                                     "unseen catalog's IDs that training never saw get their "
+                                                     "rows. mean: the mean trained row (they carry no meaning); "
+                                                     "encoder: a ridge map from a frozen text encoder's vector "
+                                                     "of each word (items.word_encoder) to its trained rows, "
+                                                     "fitted on the training words (recfm.textid.word_transfer)")
+    word_encoder: str = Field("all-minilm-l6-v2", description="the text encoder of items.unseen_words: encoder "
+                              "(an alias, folder or hub name for recfm.models.load_encoder)")
 
 
 class WordVocab:
@@ -131,6 +139,7 @@ class ItemLevelNet(nn.Module):
         self.item_loss_weight = config.item_loss_weight
         self.item_loss_negatives = config.item_loss_negatives
         self.rerank_weight = config.rerank_weight
+        self.unseen_words, self.word_encoder = config.unseen_words, config.word_encoder
         if config.tie_words:
             self.dec_proj = nn.Linear(d, dd, bias=False)
         else:
@@ -396,30 +405,43 @@ class ItemLevelRecommender:
         return out
 
     # -- zero-shot ---------------------------------------------------------------------------
-    def for_catalog(self, ids: Sequence[str]) -> "ItemLevelRecommender":
+    def for_catalog(self, ids: Sequence[str], embed_words: Callable[[list[str]], torch.Tensor] | None = None
+                    ) -> "ItemLevelRecommender":
         """The same trained model over another catalog's textual IDs (zero-shot transfer). Words the
-        training catalog never had are appended to the vocabulary with the mean trained word
-        embedding and the mean output bias: they carry no learned meaning, so an item is known by
-        the words it shares with the training catalog (items that differ only in new words tie).
-        Only the IDs (item metadata) are read; nothing of the new catalog's interactions."""
+        training catalog never had are appended to the vocabulary. With ``items.unseen_words: mean``
+        they get the mean trained word embedding and output bias: no learned meaning, so an item is
+        known by the words it shares with the training catalog. With ``encoder`` each new word's rows
+        are predicted from a frozen text encoder's vector of the word (``embed_words``, by default
+        ``items.word_encoder``) by a ridge map fitted on the trained words. Only the IDs (item
+        metadata) are read; nothing of the new catalog's interactions."""
         vocab = self.vocab.extended(ids)
         net = copy.deepcopy(self.model)
         added = len(vocab) - len(self.vocab)
+        report: dict = {}
         if added:
-            def grow(table: torch.Tensor) -> torch.Tensor:  # [V, ...] -> [V + added, ...]
-                fill = table[len(SPECIAL):].mean(0, keepdim=True)
-                return torch.cat([table, fill.expand(added, *table.shape[1:])])
+            tables = [net.word_emb.weight, net.out_bias[:, None]] + ([] if net.tie_words else [net.dec_emb.weight])
+            rows = torch.cat([t.detach().float() for t in tables], dim=1)  # [V, all columns]
+            known = rows[len(SPECIAL):]
+            if net.unseen_words == "encoder":
+                from recfm.textid.word_transfer import encoder_embedder, map_new_rows
 
+                embed = embed_words or encoder_embedder(net.word_encoder)
+                fill, report = map_new_rows(self.vocab.words[len(SPECIAL):], known,
+                                                          vocab.words[len(self.vocab):], embed)
+            else:
+                fill = known.mean(0, keepdim=True).expand(added, -1)
+            grown = torch.cat([rows, fill.to(rows.dtype)])
+            parts = grown.split([t.shape[1] for t in tables], dim=1)
             with torch.no_grad():
-                net.word_emb = nn.Embedding.from_pretrained(grow(net.word_emb.weight), freeze=False, padding_idx=PAD)
-                net.out_bias = nn.Parameter(grow(net.out_bias))
+                net.word_emb = nn.Embedding.from_pretrained(parts[0].contiguous(), freeze=False, padding_idx=PAD)
+                net.out_bias = nn.Parameter(parts[1][:, 0].contiguous())
                 if not net.tie_words:
-                    net.dec_emb = nn.Embedding.from_pretrained(grow(net.dec_emb.weight), freeze=False,
-                                                               padding_idx=PAD)
+                    net.dec_emb = nn.Embedding.from_pretrained(parts[2].contiguous(), freeze=False, padding_idx=PAD)
         net.eval()
         other = ItemLevelRecommender(net, vocab, ids, max_len=self.max_len, num_beams=self.num_beams,
                                      eval_batch_size=self.eval_batch_size, loss=self.loss_kind)
         other.new_words = added
+        other.word_map_report = report
         return other
 
     # -- persistence -------------------------------------------------------------------------

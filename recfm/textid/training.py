@@ -621,6 +621,8 @@ class TextIDModel(TrainableRecommender):
             other.rec = self.rec.for_catalog(ids)
             report["words"] = len({w for x in ids for w in normalize_id(x).split()})  # the new catalog's ID words
             report["new_words"] = other.rec.new_words  # of them, unseen in training
+            if other.rec.word_map_report:
+                report["word_map"] = other.rec.word_map_report  # items.unseen_words: encoder
         else:
             other.rec = copy.copy(self.rec)
             other.rec.items = ItemIdTable.build(ids, self.rec.tokenizer)

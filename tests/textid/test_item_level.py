@@ -112,6 +112,35 @@ def test_for_catalog_keeps_every_trained_word_and_gives_new_words_the_mean():
     assert np.array_equal(before.items, random_recommender(2).recommend(histories, k=3).items)
 
 
+@pytest.mark.parametrize("tie_words", [False, True])
+def test_for_catalog_maps_new_words_from_an_encoder_to_the_rows_of_their_look_alikes(tie_words):
+    rec = random_recommender(3, tie_words=tie_words)
+    rec.model.unseen_words = "encoder"
+    known = rec.vocab.words[4:]
+    # every trained row a linear image of a 3-d code per word, and the encoder reads the codes: the map is learnable
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(len(known), 3, generator=g)
+    net = rec.model
+    with torch.no_grad():
+        net.word_emb.weight[4:] = codes @ torch.randn(3, net.word_emb.weight.shape[1], generator=g)
+        net.out_bias[4:] = codes @ torch.randn(3, generator=g)
+        if not tie_words:
+            net.dec_emb.weight[4:] = codes @ torch.randn(3, net.dec_emb.weight.shape[1], generator=g)
+    vectors = dict(zip(known, codes))
+    vectors |= {"purple": vectors["red"], "stool": vectors["chair"]}  # the encoder reads them as synonyms
+    ids = ["red lamp", "purple lamp", "blue stool", "purple stool", "warm soft chair"]
+    other = rec.for_catalog(ids, embed_words=lambda words: torch.stack([vectors[w] for w in words]))
+    old, new = rec.model.word_emb.weight, other.model.word_emb.weight
+    assert torch.equal(new[: len(old)], old)
+    for word, twin in (("purple", "red"), ("stool", "chair")):
+        row = new[other.vocab.index[word]]
+        distances = (old[4:] - row).norm(dim=1)
+        assert known[int(distances.argmin())] == twin
+    assert other.word_map_report["mapped_words"] == 2 and other.word_map_report["from_words"] == len(known)
+    top = other.recommend([[1, 2], [5]], k=5)
+    assert all(sorted(row) == [1, 2, 3, 4, 5] for row in top.items.tolist())
+
+
 def test_zero_shot_on_an_unseen_catalog_through_the_cli(shop, tmp_path):
     out = tmp_path / "run"
     r = runner.invoke(app, ["train", "textid", "-d", str(shop), "-o", str(out), "--no-preset", *CLI_OVERRIDES,
