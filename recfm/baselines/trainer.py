@@ -43,7 +43,7 @@ from recfm.baselines.losses import (LossName, NegativesPer, Sampling, batch_gene
 from recfm.checkpoint import (Checkpoint, check_same_config, load_latest, load_optimizer_state, load_rng_state,
                               optimizer_state, rng_state, save_checkpoint)
 from recfm import distributed
-from recfm.compute import fast_dropout, flushed_denormals, training_context, widened
+from recfm.compute import eval_mode, fast_dropout, flushed_denormals, training_context, widened
 from recfm.curves import REPORT_TO_HELP, ReportTo, TrainingHistory
 from recfm.data.split import LeaveOneOut
 from recfm.data.windows import epoch_batches, pad_right, training_windows
@@ -491,9 +491,8 @@ class SequentialRecommender(ScoringRecommender, TrainableRecommender):
             if cfg.checkpoint_every and fs.step % cfg.checkpoint_every == 0 and fs.step < len(batches):
                 fs.epoch_seconds = time.perf_counter() - t0
                 fs.elapsed = time.perf_counter() - start
-                self.net.eval()  # a checkpoint never changes the training mode the next step sees
-                save()
-                self.net.train()
+                with eval_mode(self.net):  # a checkpoint never changes the training mode the next step sees
+                    save()
             # all processes read one verdict: their clocks differ, and they must stop at the same step
             if budget < math.inf and fs.step < len(batches) and \
                     distributed.any_process(time.perf_counter() - start > budget):

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recfm import distributed
 from recfm.checkpoint import (Checkpoint, check_same_config, load_latest, load_optimizer_state, load_rng_state,
                               optimizer_state, rng_state, save_checkpoint)
-from recfm.compute import training_context
+from recfm.compute import eval_mode, training_context
 from recfm.curves import REPORT_TO_HELP, ReportTo, TrainingHistory
 from recfm.multitask.merge import ties_merge
 from recfm.multitask.model import MultiTaskModel, MultiTaskModelConfig, TaskSpec
@@ -162,9 +162,8 @@ def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig
         step = start
         for step in bar:
             if config.scheduler == "s2sched" and (step - 1) % config.s2sched.eval_every == 0 and valid:
-                model.model.eval()
-                losses = _validation_losses(model, valid, kinds)
-                model.model.train()
+                with eval_mode(model.model):
+                    losses = _validation_losses(model, valid, kinds)
                 history["valid"].append({"step": step - 1, **losses})
                 curves.log(step=step - 1, valid={t: round(v, 6) for t, v in losses.items()},
                            seconds=round(time.perf_counter() - t0, 2))
