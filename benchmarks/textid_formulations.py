@@ -18,6 +18,8 @@ configs/textid-<dataset>-prompt.yaml the paper's prompt formulation):
     items-nowd-dec256  the same, and a decoder as wide as the history side (items.decoder_size=256)
     items-fullaux   the preset with the auxiliary item softmax over the whole catalog (items.item_loss_negatives=0)
     items-aux4096   the preset with 4,096 sampled items in the auxiliary softmax instead of 1,024
+    items-ema       the preset, validated, selected and kept as an exponential moving average of its weights
+                    (ema_decay=0.999: about 1,000 steps, 6 Beauty epochs)
     prompt          the paper's formulation (one prompt per prefix through a T5 from a config), full loss
     prompt-trie     the same with the trie-restricted loss
 
@@ -58,6 +60,7 @@ CELLS = {
     "items-nowd-dec256": ("textid", "textid-{dataset}.yaml", ["rec_weight_decay=0", "items.decoder_size=256"]),
     "items-fullaux": ("textid", "textid-{dataset}.yaml", ["items.item_loss_negatives=0"]),
     "items-aux4096": ("textid", "textid-{dataset}.yaml", ["items.item_loss_negatives=4096"]),
+    "items-ema": ("textid", "textid-{dataset}.yaml", ["ema_decay=0.999"]),
     "prompt": ("textid", "textid-{dataset}-prompt.yaml", []),
     "prompt-trie": ("textid", "textid-{dataset}-prompt.yaml", ["loss=trie"]),
 }

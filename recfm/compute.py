@@ -110,3 +110,33 @@ def widened(t: torch.Tensor) -> torch.Tensor:
     """float32 for a half-precision tensor (autocast's bf16 matmul outputs), anything wider as it is:
     softmaxes and losses are computed at float32 or more."""
     return t.float() if t.is_floating_point() and t.element_size() < 4 else t
+
+
+class WeightAverage:
+    """An exponential moving average of ``model``'s parameters (torch's ``AveragedModel`` with an EMA
+    rule): ``update()`` after every optimizer step, ``swapped_in()`` to evaluate or save the averaged
+    weights in ``model`` itself, after which the live training weights come back."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        if not 0 < decay < 1:
+            raise ValueError(f"an average's decay must be in (0, 1), got {decay}")
+        self.model = model
+        self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+
+    def update(self) -> None:
+        self.average.update_parameters(self.model)
+
+    @contextmanager
+    def swapped_in(self) -> Iterator[torch.nn.Module]:
+        live = [p.detach().clone() for p in self.model.parameters()]
+        with torch.no_grad():
+            for p, a in zip(self.model.parameters(), self.average.module.parameters()):
+                p.copy_(a)
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for p, saved in zip(self.model.parameters(), live):
+                    p.copy_(saved)

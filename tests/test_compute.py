@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recfm.compute import FastDropout, dropout_keep_mask, fast_dropout
+from recfm.compute import FastDropout, WeightAverage, dropout_keep_mask, fast_dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.2, 0.5, 0.9])
@@ -65,3 +65,23 @@ def test_a_dropout_module_matches_nn_dropout_statistically():
     ours, theirs = FastDropout(0.25).train()(x), F.dropout(x, 0.25)
     assert (ours == 0).float().mean().item() == pytest.approx((theirs == 0).float().mean().item(), abs=0.01)
     assert ours.mean().item() == pytest.approx(1.0, abs=0.02)
+
+
+def test_the_weight_average_is_an_exponential_moving_average_and_swaps_back():
+    model = torch.nn.Linear(3, 2)
+    average = WeightAverage(model, decay=0.9)
+    seen = []
+    for step in range(4):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        seen.append(float(step))
+        average.update()
+    expected = seen[0]  # the first update copies, each later one moves 10% of the way
+    for value in seen[1:]:
+        expected = 0.9 * expected + 0.1 * value
+    live = model.weight.detach().clone()
+    with average.swapped_in() as swapped:
+        assert swapped is model and torch.allclose(model.weight, torch.full_like(live, expected))
+    assert torch.equal(model.weight, live)
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, decay=1.0)

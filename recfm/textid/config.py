@@ -93,6 +93,10 @@ class TextIDConfig(BaseModel):
                           "(weights, optimizer and the trie softmax stay float32); auto = bf16 only where the device "
                           "computes it natively (AVX512-BF16/AMX CPUs, GPUs with bf16), else float32; None = float32. "
                           "Beam search is always float32")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="formulations items and sequence: validate, select and "
+                             "keep an exponential moving average of the weights (updated after every step, e.g. "
+                             "0.999: a horizon of about 1,000 steps) instead of the last step's weights; training "
+                             "itself is unchanged. 0 = off")
     seed: int = Field(0, description="seed of weight initialisation, data order and sampling")
     report_to: ReportTo = Field("none", description=REPORT_TO_HELP)
 

@@ -42,12 +42,13 @@ def write_id_table(path: Path, item_keys: Sequence[str], ids: Sequence[str]) -> 
 def train_on_windows(model: torch.nn.Module, window_loss: Callable[[torch.Tensor], tuple[torch.Tensor, int]],
                      windows: np.ndarray, batch_size: int, rng: np.random.Generator, optimizer: torch.optim.Optimizer,
                      *, stop: Callable[[], bool] = lambda: False, progress: Callable | None = None,
-                     autocast: torch.dtype | None = None) -> tuple[float, int]:
+                     autocast: torch.dtype | None = None, after_step: Callable[[], None] | None = None
+                     ) -> tuple[float, int]:
     """One epoch over right-padded item ``windows`` (the recommenders that train on whole sequences:
     item-level and whole-sequence): batches of similar length, ``window_loss(batch) -> (mean loss,
     tokens)`` (its forward pass under ``autocast``, e.g. bf16), gradient clipping at 1. Returns (mean
-    token loss, steps). ``stop()`` is read after every step (the time budget) and ends the epoch early;
-    the model is left in eval mode."""
+    token loss, steps). ``after_step()`` runs after every optimizer step (a weight average); ``stop()``
+    is read after it (the time budget) and ends the epoch early; the model is left in eval mode."""
     device = next(model.parameters()).device
     model.train()
     lengths = (windows > 0).sum(1)
@@ -62,6 +63,8 @@ def train_on_windows(model: torch.nn.Module, window_loss: Callable[[torch.Tensor
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            if after_step is not None:
+                after_step()
             total += float(loss.detach()) * n
             tokens += n
             steps += 1

@@ -147,10 +147,11 @@ class SequenceRecommender(TextIDRecommender):
 
     def train_epoch(self, windows: np.ndarray, batch_size: int, rng: np.random.Generator,
                     optimizer: torch.optim.Optimizer, *, stop: Callable[[], bool] = lambda: False,
-                    progress: Callable | None = None, autocast: torch.dtype | None = None) -> tuple[float, int]:
+                    progress: Callable | None = None, autocast: torch.dtype | None = None,
+                    after_step: Callable[[], None] | None = None) -> tuple[float, int]:
         """One pass over the training windows (:func:`~recfm.textid.recommender.train_on_windows`)."""
         return train_on_windows(self.model, self.window_loss, windows, batch_size, rng, optimizer, stop=stop,
-                                progress=progress, autocast=autocast)
+                                progress=progress, autocast=autocast, after_step=after_step)
 
     # -- persistence -------------------------------------------------------------------------
     def save_pretrained(self, directory: Path) -> None:

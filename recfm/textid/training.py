@@ -23,6 +23,7 @@ both. The best validation state over all rounds (weights, IDs and generator toge
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 
 from recfm import distributed
-from recfm.compute import training_context
+from recfm.compute import WeightAverage, training_context
 from recfm.models.batching import autocast_dtype
 from recfm.curves import TrainingHistory
 from recfm.data.split import LeaveOneOut
@@ -402,15 +403,18 @@ class TextIDModel(TrainableRecommender):
         def over() -> bool:
             return time.perf_counter() - start > budget
 
+        average = WeightAverage(self.rec.model, cfg.ema_decay) if cfg.ema_decay else None
         for epoch in range(1, cfg.rec_epochs + 1):
             t0 = time.perf_counter()
             loss, _ = self.rec.train_epoch(
                 windows, cfg.batch_size, rng, optimizer, stop=over, autocast=precision,
+                after_step=average.update if average else None,
                 progress=lambda b: tqdm(b, desc=f"epoch {epoch}", unit="batch", mininterval=5, leave=False))
             row = {"round": 1, "epoch": epoch, "loss": round(loss, 5), "train_seconds": round(time.perf_counter() - t0, 1)}
             if epoch % cfg.eval_every == 0 or epoch == cfg.rec_epochs or over():
                 before = best["value"]
-                self._select(1, epoch, valid, protocol, best, history, log_fn, row)
+                with average.swapped_in() if average else contextlib.nullcontext():  # selected and kept averaged
+                    self._select(1, epoch, valid, protocol, best, history, log_fn, row)
                 since_best = 0 if best["value"] > before else since_best + 1
             else:
                 history.append(row)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from recfm.cli import app
@@ -64,8 +65,22 @@ def test_exclusion_removes_items_and_lists_stay_distinct_real_items():
     assert np.isneginf(top.scores[1, 1:]).all()
 
 
-def test_no_validation_or_test_target_reaches_the_item_level_model(shop, monkeypatch):
-    assert_targets_never_reach_training(shop, monkeypatch, ITEMS)
+@pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.9}])
+def test_no_validation_or_test_target_reaches_the_item_level_model(shop, monkeypatch, extra):
+    assert_targets_never_reach_training(shop, monkeypatch, ITEMS | extra)
+
+
+def test_a_weight_average_changes_what_is_kept_not_how_it_trains(shop, tmp_path):
+    runs = {}
+    for name, extra in (("live", []), ("ema", ["ema_decay=0.9"])):
+        out = tmp_path / name
+        r = runner.invoke(app, ["train", "textid", "-d", str(shop), "-o", str(out), "--no-preset", *CLI_OVERRIDES,
+                                "rec_epochs=3", "patience=5", *extra])
+        assert r.exit_code == 0, r.output
+        losses = [json.loads(line).get("loss") for line in (out / "history.jsonl").read_text().splitlines()]
+        runs[name] = losses, load_file(str(out / "recommender" / "model.safetensors"))
+    assert runs["live"][0] == runs["ema"][0] and len(runs["live"][0]) == 3  # the same steps, the same losses
+    assert any(not torch.equal(v, runs["ema"][1][k]) for k, v in runs["live"][1].items())  # other weights kept
 
 
 def test_train_save_load_recommend_and_evaluate_through_the_cli(shop, tmp_path):
