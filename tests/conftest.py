@@ -12,6 +12,11 @@ import torch  # noqa: E402
 
 from recfm.data.registry import DatasetNotFoundError, load_dataset, shared_data_root  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest worker per core: two workers of two torch threads each on two cores is
+    # the oversubscription that slowed torch about 10x here, so every worker computes on one thread.
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="module")
 def one_thread():
