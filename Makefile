@@ -23,13 +23,15 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/recfm demo
 
-# pytest exits 5 when it collected nothing: report that as a failure, not as green.
+# pytest exits 5 when it collected nothing: report that as a failure, not as green. One worker per core
+# (pytest-xdist; each worker computes on one torch thread, tests/conftest.py), a test file per worker at a time.
+PYTEST_WORKERS ?= auto
 test: setup
-	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # The quick loop while editing: everything but subprocess, multi-process, long-training and real-data tests.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: setup
 	$(BIN)/python benchmarks/baselines.py
