@@ -421,17 +421,17 @@ class ItemLevelRecommender:
         report: dict = {}
         if added:
             tables = [net.word_emb.weight, net.out_bias[:, None]] + ([] if net.tie_words else [net.dec_emb.weight])
-            rows = torch.cat([t.detach().float() for t in tables], dim=1)  # [V, all columns]
+            rows = torch.cat([t.detach() for t in tables], dim=1)  # [V, all columns]
             known = rows[len(SPECIAL):]
             if net.unseen_words == "encoder":
                 from recfm.textid.word_transfer import encoder_embedder, map_new_rows
 
                 embed = embed_words or encoder_embedder(net.word_encoder)
-                fill, report = map_new_rows(self.vocab.words[len(SPECIAL):], known,
-                                                          vocab.words[len(self.vocab):], embed)
+                fill, report = map_new_rows(self.vocab.words[len(SPECIAL):], known, vocab.words[len(self.vocab):],
+                                            embed)
             else:
                 fill = known.mean(0, keepdim=True).expand(added, -1)
-            grown = torch.cat([rows, fill.to(rows.dtype)])
+            grown = torch.cat([rows, fill])  # map_new_rows answers in the rows' dtype
             parts = grown.split([t.shape[1] for t in tables], dim=1)
             with torch.no_grad():
                 net.word_emb = nn.Embedding.from_pretrained(parts[0].contiguous(), freeze=False, padding_idx=PAD)
