@@ -20,6 +20,8 @@ configs/textid-<dataset>-prompt.yaml the paper's prompt formulation):
     items-aux4096   the preset with 4,096 sampled items in the auxiliary softmax instead of 1,024
     items-ema       the preset, validated, selected and kept as an exponential moving average of its weights
                     (ema_decay=0.999: about 1,000 steps, 6 Beauty epochs)
+    items-wdrop0.2  the preset with dropout 0.2 on the word embedding table (items.word_dropout), as SASRec's
+                    item-table dropout; items-wdrop0.35 the same at 0.35
     prompt          the paper's formulation (one prompt per prefix through a T5 from a config), full loss
     prompt-trie     the same with the trie-restricted loss
 
@@ -61,6 +63,8 @@ CELLS = {
     "items-fullaux": ("textid", "textid-{dataset}.yaml", ["items.item_loss_negatives=0"]),
     "items-aux4096": ("textid", "textid-{dataset}.yaml", ["items.item_loss_negatives=4096"]),
     "items-ema": ("textid", "textid-{dataset}.yaml", ["ema_decay=0.999"]),
+    "items-wdrop0.2": ("textid", "textid-{dataset}.yaml", ["items.word_dropout=0.2"]),
+    "items-wdrop0.35": ("textid", "textid-{dataset}.yaml", ["items.word_dropout=0.35"]),
     "prompt": ("textid", "textid-{dataset}-prompt.yaml", []),
     "prompt-trie": ("textid", "textid-{dataset}-prompt.yaml", ["loss=trie"]),
 }

@@ -1,14 +1,16 @@
 """Zero-shot transfer of the textual-ID recommender (IDGenRec section 3.5) on real data.
 
 Trains on several datasets, then scores the unseen dataset's test cases; nothing of its
-interactions is used. Two presets:
+interactions is used. Presets:
 
 - configs/textid-transfer.yaml, the paper's prompt formulation: the unseen items get IDs from the
   trained generator (Algorithm 1);
 - configs/textid-transfer-items.yaml, the item-level formulation: the unseen items get IDs by the
   rule the sources' got (extractive words), new words the mean trained word embedding;
 - configs/textid-transfer-items-encoder.yaml, the same model, new words mapped from all-MiniLM-L6-v2's
-  vector of each word to trained rows (items.unseen_words: encoder, recfm/textid/word_transfer.py).
+  vector of each word to trained rows (items.unseen_words: encoder, recfm/textid/word_transfer.py);
+- configs/textid-transfer-items-grounded.yaml, text-grounded words: every word's row, in training and for
+  the unseen catalog's new words, is a learned linear map of its all-MiniLM-L6-v2 vector (items.word_rows).
 
     python benchmarks/textid_zero_shot.py --train movielens-100k+amazon-sports --test amazon-beauty
     python benchmarks/textid_zero_shot.py --config configs/textid-transfer-items.yaml \
@@ -57,6 +59,8 @@ def main() -> None:
     model = yaml.safe_load(args.config.read_text())["model"]
     formulation = model.get("formulation", "prompt")
     unseen = model.get("items", {}).get("unseen_words", "mean")
+    if model.get("items", {}).get("word_rows", "free") != "free":
+        unseen = "grounded"  # every word's row is a learned map of its encoder vector, in training as for new words
     out = args.output / args.config.stem
     run = out / args.train
     if args.force or not (run / "metrics.json").is_file():
@@ -80,7 +84,9 @@ def table(out: Path, config: Path, formulation: str, unseen: str = "mean") -> st
            "IDs of its items by the sources' rule (extractive words), words the sources lack "
            + ("at the mean embedding" if unseen == "mean" else
               "mapped from a text encoder's vector of the word (ridge fitted on the sources' words; held-out R^2 "
-              "in the column)"))
+              "in the column)" if unseen == "encoder" else
+              "rows from the learned map of each word's text-encoder vector that every word's row is in training "
+              "(items.word_rows: encoder)"))
     extra = ("items needing a 2nd attempt | suffixed" if formulation == "prompt" else "target ID words unseen | x Pop")
     lines = [
         f"Command: `python benchmarks/textid_zero_shot.py --config {config.relative_to(ROOT)} --train TRAIN --test TEST` "

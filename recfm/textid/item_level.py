@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from recfm.compute import FastDropout, eval_mode
+from recfm.compute import FastDropout, eval_mode, fast_dropout
 from recfm.models.batching import pad_rows
 from recfm.data.windows import pad_right
 from recfm.recommender import TopK
@@ -39,6 +39,13 @@ from recfm.textid.trie_loss import free_positions, prefix_states, segment_logsum
 
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
 SPECIAL = ["<pad>", "</s>", "<s>", "<unk>"]
+
+
+def special_rows(vocab_size: int) -> torch.Tensor:
+    """``[vocab_size, 1]``: 1 for the special tokens, 0 for the words."""
+    mask = torch.zeros(vocab_size, 1)
+    mask[: len(SPECIAL)] = 1.0
+    return mask
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "recfm-textid.json"
 
@@ -53,6 +60,9 @@ class ItemLevelConfig(BaseModel):
     num_layers: int = Field(2, ge=1, description="causal transformer blocks over the history items")
     num_heads: int = Field(2, ge=1, description="attention heads (must divide hidden_size)")
     dropout: float = Field(0.4, ge=0, lt=1, description="dropout of the item embeddings and the transformer")
+    word_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the word embedding table during training, a "
+                                "fresh mask each time the table is read (history pooling, item head, decoder words): "
+                                "the textual-ID form of SASRec's item-table dropout (baselines `item_dropout`)")
     decoder_size: int = Field(128, ge=8, description="width of the GRU that writes the next ID word by word")
     decoder_dropout: float = Field(0.2, ge=0, lt=1, description="dropout on the decoder's outputs")
     scale_items: bool = Field(True, description="multiply the pooled item vectors by sqrt(hidden_size) before adding "
@@ -82,8 +92,13 @@ class ItemLevelConfig(BaseModel):
                                                      "encoder: a ridge map from a frozen text encoder's vector "
                                                      "of each word (items.word_encoder) to its trained rows, "
                                                      "fitted on the training words (recfm.textid.word_transfer)")
-    word_encoder: str = Field("all-minilm-l6-v2", description="the text encoder of items.unseen_words: encoder "
-                              "(an alias, folder or hub name for recfm.models.load_encoder)")
+    word_encoder: str = Field("all-minilm-l6-v2", description="the text encoder of items.word_rows and "
+                              "items.unseen_words: encoder (an alias, folder or hub name for recfm.models.load_encoder)")
+    word_rows: Literal["free", "encoder", "encoder+free"] = Field(
+        "free", description="what a word's embedding is. free: a learned row per word; encoder: a learned linear "
+        "map of the word's frozen items.word_encoder vector (text-grounded: a word training never saw gets a row "
+        "in the same space, so zero-shot transfer can use what it means; special tokens keep free rows); "
+        "encoder+free: the sum of both")
 
 
 class WordVocab:
@@ -117,15 +132,37 @@ class WordVocab:
         return ItemIdTable([""] + [normalize_id(x) for x in ids], [[], *tokens], trie)
 
 
+def word_vectors(vocab: WordVocab, encoder: str) -> torch.Tensor:
+    """``[len(vocab), e]``: each word's vector from the frozen text encoder ``encoder`` (zeros for the
+    special tokens), what ``items.word_rows: encoder`` maps to word embeddings."""
+    from recfm.textid import word_transfer
+
+    text = word_transfer.encoder_embedder(encoder)(list(vocab.words[len(SPECIAL):]))
+    return torch.cat([torch.zeros(len(SPECIAL), text.shape[1]), text.float()])
+
+
 class ItemLevelNet(nn.Module):
-    def __init__(self, config: ItemLevelConfig, vocab_size: int, max_len: int):
+    def __init__(self, config: ItemLevelConfig, vocab_size: int, max_len: int,
+                 word_vectors: torch.Tensor | None = None):
+        """``word_vectors`` ``[vocab_size, e]``: each word's frozen text-encoder vector (zeros for the
+        special tokens), needed when ``config.word_rows`` is not ``free``."""
         super().__init__()
         if config.hidden_size % config.num_heads:
             raise ValueError(f"items.num_heads={config.num_heads} must divide items.hidden_size={config.hidden_size}")
         d, dd = config.hidden_size, config.decoder_size
         self.word_emb = nn.Embedding(vocab_size, d, padding_idx=PAD)
+        self.grounded = config.word_rows != "free"
+        if self.grounded:
+            if word_vectors is None or word_vectors.shape[0] != vocab_size:
+                raise ValueError(f"items.word_rows={config.word_rows} needs one text vector per word ({vocab_size})")
+            self.register_buffer("word_text", word_vectors.float().clone())
+            # bias-free, so that the padding word (a zero vector) keeps a zero row
+            self.word_proj = nn.Linear(word_vectors.shape[1], d, bias=False)
+            free = torch.ones(vocab_size, 1) if config.word_rows == "encoder+free" else special_rows(vocab_size)
+            self.register_buffer("free_rows", free)
         self.pos_emb = nn.Embedding(max_len, d)
         self.drop = FastDropout(config.dropout)
+        self.word_dropout = config.word_dropout
         block = nn.TransformerEncoderLayer(d, config.num_heads, 4 * d, config.dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(block, config.num_layers, enable_nested_tensor=False)
@@ -153,19 +190,21 @@ class ItemLevelNet(nn.Module):
                 with torch.no_grad():
                     m.weight[PAD].zero_()
 
-    def item_vectors(self, items: torch.Tensor, id_tokens: torch.Tensor) -> torch.Tensor:
-        """``[B, T]`` item indices -> ``[B, T, d]``: the mean word embedding of each item's ID."""
+    def item_vectors(self, items: torch.Tensor, id_tokens: torch.Tensor, rows: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+        """``[B, T]`` item indices -> ``[B, T, d]``: the mean word embedding of each item's ID
+        (``rows``: :meth:`word_rows`, when the caller already has them)."""
         tokens = id_tokens[items]
         # One fused gather-and-mean (padding words excluded from sum and count, an empty ID gives zeros):
         # gathering [B, T, words, d] and summing it was a fifth of a CPU training step.
-        pooled = nn.functional.embedding_bag(tokens.reshape(-1, tokens.shape[-1]), self.word_emb.weight,
+        pooled = nn.functional.embedding_bag(tokens.reshape(-1, tokens.shape[-1]), self.word_table(rows),
                                              mode="mean", padding_idx=PAD)
         return pooled.reshape(*tokens.shape[:-1], -1)
 
-    def encode(self, items: torch.Tensor, id_tokens: torch.Tensor) -> torch.Tensor:
+    def encode(self, items: torch.Tensor, id_tokens: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Right-padded ``[B, T]`` histories -> ``[B, T, d]`` causal states (position t sees items 0..t)."""
         t = items.shape[1]
-        x = self.item_vectors(items, id_tokens) * self.item_scale + self.pos_emb(torch.arange(t, device=items.device))
+        x = self.item_vectors(items, id_tokens, rows) * self.item_scale + self.pos_emb(torch.arange(t, device=items.device))
         x = self.drop(x)
         causal = nn.Transformer.generate_square_subsequent_mask(t, device=items.device)
         x = self.blocks(x, mask=causal, is_causal=True)
@@ -176,9 +215,20 @@ class ItemLevelNet(nn.Module):
         fed beside every input word."""
         return torch.tanh(self.dec_init(states))[None], self.dec_context(states)
 
-    def decoder_words(self) -> torch.Tensor:
+    def word_rows(self) -> torch.Tensor:
+        """``[V, d]``: every word's embedding (``items.word_rows``), without dropout."""
+        if not self.grounded:
+            return self.word_emb.weight
+        return self.word_emb.weight * self.free_rows + self.word_proj(self.word_text)
+
+    def word_table(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``[V, d]``: the word embeddings, with ``word_dropout`` in training (a fresh mask each read; the
+        padding row stays zero)."""
+        return fast_dropout(self.word_rows() if rows is None else rows, self.word_dropout, self.training)
+
+    def decoder_words(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``[V, dd]``: the decoder's word embeddings, read as inputs and scored as outputs."""
-        return self.dec_proj(self.word_emb.weight) if self.tie_words else self.dec_emb.weight
+        return self.dec_proj(self.word_table(rows)) if self.tie_words else self.dec_emb.weight
 
     def decode(self, states: torch.Tensor, previous: torch.Tensor, words: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher forcing: ``previous`` ``[M, L]`` (BOS, then the ID's words) -> outputs ``[M, L, dd]``."""
@@ -237,10 +287,11 @@ class ItemLevelRecommender:
         windows = windows.to(dev)
         inputs, labels = windows[:, :-1], windows[:, 1:]
         mask = labels > 0
-        states = self.model.encode(inputs, self.id_tokens.to(dev))[mask]
+        rows = self.model.word_rows()  # once a step: with word_rows: encoder they are a product over the vocabulary
+        states = self.model.encode(inputs, self.id_tokens.to(dev), rows)[mask]
         targets = self.targets.to(dev)[labels[mask]]  # [M, L]: the next items' words and EOS
         previous = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
-        words = self.model.decoder_words()
+        words = self.model.decoder_words(rows)
         out = self.model.decode(states, previous, words)
         valid = targets != PAD
         if self.loss_kind == "full":
@@ -253,11 +304,11 @@ class ItemLevelRecommender:
             lp = trie_log_probs(out[free], nodes[free], targets[free], words, self.model.out_bias, trie)
             loss, tokens = -lp.mean(), int(free.sum())
         if self.model.item_loss_weight:
-            loss = loss + self.model.item_loss_weight * self.item_loss(states, labels[mask])
+            loss = loss + self.model.item_loss_weight * self.item_loss(states, labels[mask], rows=rows)
         return loss, tokens
 
     def item_loss(self, states: torch.Tensor, next_items: torch.Tensor,
-                  negatives: torch.Tensor | None = None) -> torch.Tensor:
+                  negatives: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The auxiliary ``items.item_loss_weight`` term: cross-entropy of ``next_items`` ``[M]`` scored
         by the dot product of each state with the items' input vectors, over the whole catalog
         (``items.item_loss_negatives: 0``) or over the target and ``negatives`` (1-based item
@@ -265,10 +316,10 @@ class ItemLevelRecommender:
         masked out of that row)."""
         dev, id_tokens = states.device, self.id_tokens.to(states.device)
         if negatives is None and not self.model.item_loss_negatives:
-            return nn.functional.cross_entropy(states @ self._catalog_vectors(dev).T, next_items - 1)
+            return nn.functional.cross_entropy(states @ self._catalog_vectors(dev, rows).T, next_items - 1)
         if negatives is None:
             negatives = torch.randint(1, self.n_items + 1, (self.model.item_loss_negatives,), device=dev)
-        vectors = self.model.item_vectors(torch.cat([next_items, negatives]), id_tokens) * self.model.item_scale
+        vectors = self.model.item_vectors(torch.cat([next_items, negatives]), id_tokens, rows) * self.model.item_scale
         positive = (states * vectors[: len(next_items)]).sum(-1, keepdim=True)
         drawn = (states @ vectors[len(next_items) :].T).masked_fill(negatives[None] == next_items[:, None], -torch.inf)
         logits = torch.cat([positive, drawn], dim=1)
@@ -305,11 +356,12 @@ class ItemLevelRecommender:
         product at the root (one live beam per history, every first word allowed), a sparse gather
         below it. Candidates of a history's beams compete for its ``beam`` slots (a segmented top-k)."""
         dev, net, trie = self.device, self.model, self.items.trie.to(self.device)
-        weight, bias = net.decoder_words(), net.out_bias
+        rows = net.word_rows()
+        weight, bias = net.decoder_words(rows), net.out_bias
         seqs, last = pad_right(histories, self.max_len)
         seqs, last = seqs.to(dev), last.to(dev)
         b = seqs.shape[0]
-        states = net.encode(seqs, self.id_tokens.to(dev))[torch.arange(b, device=dev), last]
+        states = net.encode(seqs, self.id_tokens.to(dev), rows)[torch.arange(b, device=dev), last]
         h, context = net.decoder_start(states.repeat_interleave(beam, 0))
         score = torch.full((b * beam,), -torch.inf, device=dev)
         score[::beam] = 0.0  # one live beam per history at the start
@@ -369,10 +421,10 @@ class ItemLevelRecommender:
         found = found.gather(1, pos)
         return found[:, :k].cpu().numpy(), score[:, :k].cpu().numpy()
 
-    def _catalog_vectors(self, device: torch.device) -> torch.Tensor:
+    def _catalog_vectors(self, device: torch.device, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``[n_items, d]``: every catalog item's output vector in the item head (its pooled ID words, scaled)."""
         catalog = torch.arange(1, self.n_items + 1, device=device)
-        return self.model.item_vectors(catalog, self.id_tokens.to(device)) * self.model.item_scale
+        return self.model.item_vectors(catalog, self.id_tokens.to(device), rows) * self.model.item_scale
 
     def _item_head_log_probs(self, states: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``[B, K]``: the log-probability of ``items`` (``[B, K]``, 0 = none) under the auxiliary item
@@ -390,14 +442,15 @@ class ItemLevelRecommender:
             dev, trie = self.device, self.items.trie.to(self.device)
             seqs, last = pad_right(histories, self.max_len)
             seqs, last = seqs.to(dev), last.to(dev)
-            states = self.model.encode(seqs, self.id_tokens.to(dev))[torch.arange(len(histories), device=dev), last]
+            rows = self.model.word_rows()
+            states = self.model.encode(seqs, self.id_tokens.to(dev), rows)[torch.arange(len(histories), device=dev), last]
             targets = self.targets[1:].to(dev)
             n = targets.shape[0]
             out = torch.full((len(histories), n + 1), -torch.inf, device=dev)
             nodes = prefix_states(trie, targets)
             free = free_positions(trie, nodes, targets != PAD)
             previous = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
-            words = self.model.decoder_words()
+            words = self.model.decoder_words(rows)
             for b in range(len(histories)):
                 dec = self.model.decode(states[b].expand(n, -1), previous, words)
                 lp = torch.zeros(targets.shape, device=dev)
@@ -413,8 +466,10 @@ class ItemLevelRecommender:
         they get the mean trained word embedding and output bias: no learned meaning, so an item is
         known by the words it shares with the training catalog. With ``encoder`` each new word's rows
         are predicted from a frozen text encoder's vector of the word (``embed_words``, by default
-        ``items.word_encoder``) by a ridge map fitted on the trained words. Only the IDs (item
-        metadata) are read; nothing of the new catalog's interactions."""
+        ``items.word_encoder``) by a ridge map fitted on the trained words. A model trained with
+        ``items.word_rows: encoder`` gives every new word its row as in training: the learned map of the
+        word's encoder vector. Only the IDs (item metadata) are read; nothing of the new catalog's
+        interactions."""
         vocab = self.vocab.extended(ids)
         net = copy.deepcopy(self.model)
         added = len(vocab) - len(self.vocab)
@@ -433,6 +488,13 @@ class ItemLevelRecommender:
                 fill = known.mean(0, keepdim=True).expand(added, -1)
             grown = torch.cat([rows, fill])  # map_new_rows answers in the rows' dtype
             parts = grown.split([t.shape[1] for t in tables], dim=1)
+            if net.grounded:  # the new words' rows come from what they mean to the encoder, as in training
+                from recfm.textid.word_transfer import encoder_embedder
+
+                text = (embed_words or encoder_embedder(net.word_encoder))(list(vocab.words[len(self.vocab):]))
+                net.word_text = torch.cat([net.word_text, text.to(net.word_text)])
+                free = 1.0 if net.free_rows[len(SPECIAL):].any() else 0.0  # encoder+free or encoder
+                net.free_rows = torch.cat([net.free_rows, torch.full((added, 1), free).to(net.free_rows)])
             with torch.no_grad():
                 net.word_emb = nn.Embedding.from_pretrained(parts[0].contiguous(), freeze=False, padding_idx=PAD)
                 net.out_bias = nn.Parameter(parts[1][:, 0].contiguous())
@@ -460,8 +522,10 @@ class ItemLevelRecommender:
         directory = Path(directory)
         meta = json.loads((directory / META_FILE).read_text())
         vocab = WordVocab(meta["words"])
-        net = ItemLevelNet(ItemLevelConfig(**meta["config"]), len(vocab), meta["max_len"])
-        net.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        state = load_file(str(directory / WEIGHTS_FILE))
+        net = ItemLevelNet(ItemLevelConfig(**meta["config"]), len(vocab), meta["max_len"],
+                           word_vectors=state.get("word_text"))
+        net.load_state_dict(state)
         net.to(device).eval()
         return cls(net, vocab, ids, max_len=meta["max_len"], num_beams=meta["num_beams"],
                    eval_batch_size=eval_batch_size, loss=meta.get("loss", "trie"))

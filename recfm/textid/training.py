@@ -50,7 +50,7 @@ from recfm.textid.config import TextIDConfig
 from recfm.textid.generator import IDGenerator
 from recfm.textid.ids import make_unique, normalize_id
 from recfm.textid.initial_ids import initial_ids
-from recfm.textid.item_level import ItemLevelNet, ItemLevelRecommender, WordVocab, is_item_level
+from recfm.textid.item_level import ItemLevelNet, ItemLevelRecommender, WordVocab, is_item_level, word_vectors
 from recfm.textid.prompts import TEMPLATES, PromptBuilder
 from recfm.textid.sequence import SCRATCH_BACKBONE, SequenceRecommender, is_sequence_run
 from recfm.textid.recommender import (INITIAL_IDS_FILE, ITEM_IDS_FILE, ItemIdTable, TextIDRecommender, pad_rows,
@@ -339,9 +339,15 @@ class TextIDModel(TrainableRecommender):
         cfg = self.config
         ids0, report = self._fixed_ids(log_fn)
         vocab = WordVocab.of_ids(ids0)
+        vectors = None
+        if cfg.items.word_rows != "free":
+            clock = time.perf_counter()
+            vectors = word_vectors(vocab, cfg.items.word_encoder)
+            log_fn(f"word rows: {cfg.items.word_rows}, {cfg.items.word_encoder} vectors of {len(vocab)} words "
+                   f"({time.perf_counter() - clock:.0f} s)")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            net = ItemLevelNet(cfg.items, len(vocab), cfg.max_history)
+            net = ItemLevelNet(cfg.items, len(vocab), cfg.max_history, word_vectors=vectors)
         self.rec = ItemLevelRecommender(net.to(cfg.device), vocab, ids0, max_len=cfg.max_history,
                                         num_beams=cfg.num_beams, eval_batch_size=cfg.eval_batch_size, loss=cfg.loss)
         return self._fit_windows(split, protocol, log_fn, start, budget, report, f"{len(vocab)} ID words")

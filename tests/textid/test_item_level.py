@@ -65,8 +65,10 @@ def test_exclusion_removes_items_and_lists_stay_distinct_real_items():
     assert np.isneginf(top.scores[1, 1:]).all()
 
 
-@pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.9}])
+@pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.9}, {"items": {**ITEMS["items"], "word_dropout": 0.3}},
+                                   {"items": {**ITEMS["items"], "word_rows": "encoder"}}])
 def test_no_validation_or_test_target_reaches_the_item_level_model(shop, monkeypatch, extra):
+    monkeypatch.setattr("recfm.textid.word_transfer.encoder_embedder", lambda name: stub_text_vectors)
     assert_targets_never_reach_training(shop, monkeypatch, ITEMS | extra)
 
 
@@ -156,6 +158,85 @@ def test_for_catalog_maps_new_words_from_an_encoder_to_the_rows_of_their_look_al
     assert all(sorted(row) == [1, 2, 3, 4, 5] for row in top.items.tolist())
 
 
+def stub_text_vectors(words: list[str]) -> torch.Tensor:
+    """A deterministic stand-in for a sentence encoder: one seeded unit vector per word."""
+    rows = [torch.randn(8, generator=torch.Generator().manual_seed(sum(map(ord, w)) * 7919 + len(w))) for w in words]
+    return torch.nn.functional.normalize(torch.stack(rows), dim=1)
+
+
+def grounded_recommender(word_rows: str, seed: int = 0) -> ItemLevelRecommender:
+    from recfm.textid.item_level import word_vectors
+
+    ids = [f"{w} {k}" for w in ("red", "blue", "green", "warm") for k in ("lamp", "chair", "soft chair", "lamp shade")]
+    vocab = WordVocab.of_ids(ids)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("recfm.textid.word_transfer.encoder_embedder", lambda name: stub_text_vectors)
+        vectors = word_vectors(vocab, "stub")
+    torch.manual_seed(seed)
+    cfg = ItemLevelConfig(hidden_size=16, num_layers=1, num_heads=2, decoder_size=16, word_rows=word_rows)
+    return ItemLevelRecommender(ItemLevelNet(cfg, len(vocab), 6, word_vectors=vectors).eval(), vocab, ids, max_len=6,
+                                num_beams=4)
+
+
+@pytest.mark.parametrize("word_rows", ["encoder", "encoder+free"])
+def test_grounded_word_rows_are_the_learned_map_of_the_encoder_vectors_also_for_unseen_words(word_rows):
+    rec = grounded_recommender(word_rows)
+    net = rec.model
+    rows = net.word_rows()
+    words = slice(4, None)
+    mapped = net.word_proj(net.word_text)
+    expected_words = mapped[words] + (net.word_emb.weight[words] if word_rows == "encoder+free" else 0)
+    assert torch.allclose(rows[words], expected_words)
+    assert torch.allclose(rows[:4], net.word_emb.weight[:4])  # special tokens keep free rows; padding stays zero
+    assert not rows[0].any()
+    # training moves the map (and the free rows where there are any), not the frozen text vectors
+    net.train()
+    windows = torch.tensor([[1, 4, 9, 0], [16, 4, 1, 2]])
+    rec.loss(windows)[0].backward()
+    assert net.word_proj.weight.grad.abs().sum() > 0 and "word_text" not in dict(net.named_parameters())
+    assert (net.word_emb.weight.grad[words].abs().sum() > 0) == (word_rows == "encoder+free")
+    net.eval()
+    # an unseen catalog: each new word's row is the same learned map of its own encoder vector
+    ids = ["red lamp", "purple lamp", "blue stool", "purple stool", "warm soft chair"]
+    other = rec.for_catalog(ids, embed_words=stub_text_vectors)
+    grown = other.model.word_rows()
+    assert torch.equal(grown[: len(rec.vocab)], rows)  # known words unchanged
+    for word in ("purple", "stool"):
+        i = other.vocab.index[word]
+        free = other.model.word_emb.weight[i] if word_rows == "encoder+free" else 0
+        assert torch.allclose(grown[i], net.word_proj(stub_text_vectors([word]))[0] + free, atol=1e-6)
+    assert not torch.allclose(grown[other.vocab.index["purple"]], grown[other.vocab.index["stool"]])
+    top = other.recommend([[1, 2], [5]], k=5)
+    assert all(sorted(row) == [1, 2, 3, 4, 5] for row in top.items.tolist())
+
+
+def test_grounded_word_rows_need_one_text_vector_per_word():
+    cfg = ItemLevelConfig(hidden_size=16, num_layers=1, num_heads=2, decoder_size=16, word_rows="encoder")
+    with pytest.raises(ValueError, match="one text vector per word"):
+        ItemLevelNet(cfg, 10, 6)
+    with pytest.raises(ValueError, match="one text vector per word"):
+        ItemLevelNet(cfg, 10, 6, word_vectors=torch.zeros(9, 8))
+
+
+def test_grounded_word_rows_train_save_load_and_score_an_unseen_catalog_through_the_cli(shop, tmp_path, monkeypatch):
+    monkeypatch.setattr("recfm.textid.word_transfer.encoder_embedder", lambda name: stub_text_vectors)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "textid", "-d", str(shop), "-o", str(out), "--no-preset", *CLI_OVERRIDES,
+                            "rec_epochs=2", "items.word_rows=encoder"])
+    assert r.exit_code == 0, r.output
+    assert "word rows: encoder" in (out / "train.log").read_text()
+    from recfm.runs import load_run
+
+    data = load_dataset(shop, use_cache=False)
+    histories = data.split().test.histories[:10]
+    a, b = load_run(out)[2], load_run(out)[2]
+    assert np.array_equal(a.recommend(histories, 5).items, b.recommend(histories, 5).items)
+    unseen = write_shop(tmp_path / "unseen-shop", n_users=12, n_items=9, seed=5, prefix="z")
+    r = runner.invoke(app, ["--quiet", "evaluate", "-r", str(out), "--dataset", str(unseen), "--splits", "test", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["test"]["cases"] == 12
+
+
 def test_zero_shot_on_an_unseen_catalog_through_the_cli(shop, tmp_path):
     out = tmp_path / "run"
     r = runner.invoke(app, ["train", "textid", "-d", str(shop), "-o", str(out), "--no-preset", *CLI_OVERRIDES,
@@ -218,6 +299,24 @@ def test_dropout_is_the_fast_mask_everywhere_and_off_in_eval():
     histories = torch.tensor([[1, 2, 3, 0], [5, 6, 0, 0]])
     rec.model.eval()
     assert torch.equal(rec.model.encode(histories, rec.id_tokens), rec.model.encode(histories, rec.id_tokens))
+
+
+def test_word_dropout_drops_table_entries_in_training_only_and_keeps_padding_zero():
+    rec = random_recommender(4)
+    rec.model.word_dropout = 0.5
+    weight = rec.model.word_emb.weight
+    rec.model.train()
+    torch.manual_seed(0)
+    table = rec.model.word_table()
+    zeroed = (table == 0) & (weight != 0)
+    assert 0.4 < zeroed.float().mean() < 0.6  # about half the entries, each kept one scaled by 1 / (1 - p)
+    assert torch.allclose(table[~zeroed & (weight != 0)], 2 * weight[~zeroed & (weight != 0)])
+    assert not table[0].any()  # the padding word stays zero
+    assert not torch.equal(rec.model.word_table(), table)  # a fresh mask each read
+    rec.model.eval()
+    assert torch.equal(rec.model.word_table(), weight)
+    items = torch.tensor([[1, 5, 0]])
+    assert torch.equal(rec.model.item_vectors(items, rec.id_tokens), rec.model.item_vectors(items, rec.id_tokens))
 
 
 def test_bf16_autocast_loss_is_close_to_float32_and_returns_float32():
