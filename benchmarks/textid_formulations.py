@@ -22,6 +22,8 @@ configs/textid-<dataset>-prompt.yaml the paper's prompt formulation):
                     (ema_decay=0.999: about 1,000 steps, 6 Beauty epochs)
     items-wdrop0.2  the preset with dropout 0.2 on the word embedding table (items.word_dropout), as SASRec's
                     item-table dropout; items-wdrop0.35 the same at 0.35
+    items-lrdecay   the preset with its learning rate falling linearly to 0 over 44 epochs (rec_lr_decay=linear,
+                    rec_epochs=44: what the 45-minute cap allows here, the cap then a safety)
     prompt          the paper's formulation (one prompt per prefix through a T5 from a config), full loss
     prompt-trie     the same with the trie-restricted loss
 
@@ -65,6 +67,7 @@ CELLS = {
     "items-ema": ("textid", "textid-{dataset}.yaml", ["ema_decay=0.999"]),
     "items-wdrop0.2": ("textid", "textid-{dataset}.yaml", ["items.word_dropout=0.2"]),
     "items-wdrop0.35": ("textid", "textid-{dataset}.yaml", ["items.word_dropout=0.35"]),
+    "items-lrdecay": ("textid", "textid-{dataset}.yaml", ["rec_lr_decay=linear", "rec_epochs=44"]),
     "prompt": ("textid", "textid-{dataset}-prompt.yaml", []),
     "prompt-trie": ("textid", "textid-{dataset}-prompt.yaml", ["loss=trie"]),
 }

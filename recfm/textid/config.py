@@ -62,6 +62,10 @@ class TextIDConfig(BaseModel):
     rec_epochs: int = Field(10, ge=0, description="recommender epochs per round (the paper: 10)")
     gen_epochs: int = Field(1, ge=0, description="generator epochs per round (the paper: 1)")
     rec_lr: float = Field(1e-3, gt=0, description="recommender AdamW learning rate (the paper: 1e-3)")
+    rec_lr_decay: Literal["none", "linear"] = Field(
+        "none", description="formulations items and sequence: linear lowers the learning rate after every step, from "
+        "rec_lr to 0 at the end of rec_epochs (budgeted training: set rec_epochs to what max_train_minutes allows, "
+        "the cap then only a safety); none keeps rec_lr")
     gen_lr: float = Field(1e-8, gt=0, description="generator AdamW learning rate (the paper: 1e-8)")
     rec_weight_decay: float = Field(
         0.01, ge=0, description="recommender AdamW decoupled weight decay (0.01: torch's AdamW default, what every "
@@ -108,6 +112,8 @@ class TextIDConfig(BaseModel):
         if self.formulation == "sequence" and self.backbone.startswith("t5-"):
             raise ValueError(f"formulation 'sequence' needs a causal LM backbone ({SCRATCH_BACKBONE!r}, a pretrained "
                              f"causal LM or smollm2-135m-instruct), not {self.backbone!r}")
+        if self.formulation == "prompt" and self.rec_lr_decay != "none":
+            raise ValueError("rec_lr_decay is for formulations 'items' and 'sequence'; the prompt formulation keeps rec_lr")
         if self.formulation != "sequence" and self.backbone == SCRATCH_BACKBONE:
             raise ValueError(f"backbone {SCRATCH_BACKBONE!r} is built for formulation 'sequence'")
         return self

@@ -410,11 +410,19 @@ class TextIDModel(TrainableRecommender):
             return time.perf_counter() - start > budget
 
         average = WeightAverage(self.rec.model, cfg.ema_decay) if cfg.ema_decay else None
+        decay = linear_decay(optimizer, cfg.rec_epochs * math.ceil(len(windows) / cfg.batch_size)) \
+            if cfg.rec_lr_decay == "linear" else None
+
+        def after_step() -> None:
+            if average is not None:
+                average.update()
+            if decay is not None:
+                decay.step()
+
         for epoch in range(1, cfg.rec_epochs + 1):
             t0 = time.perf_counter()
             loss, _ = self.rec.train_epoch(
-                windows, cfg.batch_size, rng, optimizer, stop=over, autocast=precision,
-                after_step=average.update if average else None,
+                windows, cfg.batch_size, rng, optimizer, stop=over, autocast=precision, after_step=after_step,
                 progress=lambda b: tqdm(b, desc=f"epoch {epoch}", unit="batch", mininterval=5, leave=False))
             row = {"round": 1, "epoch": epoch, "loss": round(loss, 5), "train_seconds": round(time.perf_counter() - t0, 1)}
             if epoch % cfg.eval_every == 0 or epoch == cfg.rec_epochs or over():
@@ -650,6 +658,11 @@ def _read_ids(directory: Path, catalog: Catalog) -> list[str]:
 def _valid_row(metrics: dict) -> dict:
     """A validation result as the history and ``best_valid`` keep it: the metrics, rounded."""
     return {k: round(v, 6) for k, v in metrics.items() if k not in ("cases", "eval_seconds")}
+
+
+def linear_decay(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate times ``1 - step / total_steps`` (0 from then on), stepped after every optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max(total_steps, 1)))
 
 
 def selection_cases(valid, sample: int, rng: np.random.Generator):

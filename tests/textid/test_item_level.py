@@ -85,6 +85,29 @@ def test_a_weight_average_changes_what_is_kept_not_how_it_trains(shop, tmp_path)
     assert any(not torch.equal(v, runs["ema"][1][k]) for k, v in runs["live"][1].items())  # other weights kept
 
 
+def test_linear_lr_decay_reaches_zero_at_the_last_step_and_changes_training(shop, tmp_path):
+    from recfm.textid.training import linear_decay
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=2.0)
+    decay, seen = linear_decay(optimizer, 4), []
+    for _ in range(5):
+        optimizer.step()
+        decay.step()
+        seen.append(optimizer.param_groups[0]["lr"])
+    assert seen == [1.5, 1.0, 0.5, 0.0, 0.0]
+    losses = {}
+    for decay_kind in ("none", "linear"):
+        out = tmp_path / decay_kind
+        r = runner.invoke(app, ["train", "textid", "-d", str(shop), "-o", str(out), "--no-preset", *CLI_OVERRIDES,
+                                "rec_epochs=2", "patience=5", f"rec_lr_decay={decay_kind}"])
+        assert r.exit_code == 0, r.output
+        losses[decay_kind] = [json.loads(line).get("loss") for line in (out / "history.jsonl").read_text().splitlines()]
+    assert losses["none"] != losses["linear"]
+    with pytest.raises(ValueError, match="rec_lr_decay"):
+        TextIDConfig(formulation="prompt", rec_lr_decay="linear")
+
+
 def test_train_save_load_recommend_and_evaluate_through_the_cli(shop, tmp_path):
     out = tmp_path / "run"
     r = runner.invoke(app, ["train", "textid", "-d", str(shop), "-o", str(out), "--no-preset", *CLI_OVERRIDES,
