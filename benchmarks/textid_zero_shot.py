@@ -10,7 +10,10 @@ interactions is used. Presets:
 - configs/textid-transfer-items-encoder.yaml, the same model, new words mapped from all-MiniLM-L6-v2's
   vector of each word to trained rows (items.unseen_words: encoder, recfm/textid/word_transfer.py);
 - configs/textid-transfer-items-grounded.yaml, text-grounded words: every word's row, in training and for
-  the unseen catalog's new words, is a learned linear map of its all-MiniLM-L6-v2 vector (items.word_rows).
+  the unseen catalog's new words, is a learned linear map of its all-MiniLM-L6-v2 vector (items.word_rows);
+- configs/textid-transfer-items-copy.yaml, configs/textid-transfer-items.yaml with a copy mechanism: the
+  decoder's logit of a word in the last 3 history items' IDs gets a learned bonus (items.copy_items),
+  which does not depend on which word it is.
 
     python benchmarks/textid_zero_shot.py --train movielens-100k+amazon-sports --test amazon-beauty
     python benchmarks/textid_zero_shot.py --config configs/textid-transfer-items.yaml \
@@ -73,12 +76,13 @@ def main() -> None:
     pop = ROOT / "runs" / "bench" / args.test / "pop"
     if not (pop / "metrics.json").is_file():  # the yardstick of the zero-shot goal (>= 2x Pop), seconds to train
         sh([sys.executable, "-m", "recfm.cli", "train", "pop", "--dataset", args.test, "--output", str(pop), "--overwrite"])
-    section = f"textid-zero-shot-{formulation}" + ("" if unseen == "mean" else f"-{unseen}")
-    write_section(section, table(out, args.config, formulation, unseen))
+    copy = model.get("items", {}).get("copy_items", 0)
+    section = f"textid-zero-shot-{formulation}" + ("" if unseen == "mean" else f"-{unseen}") + ("-copy" if copy else "")
+    write_section(section, table(out, args.config, formulation, unseen, copy))
     print("wrote docs/results.md")
 
 
-def table(out: Path, config: Path, formulation: str, unseen: str = "mean") -> str:
+def table(out: Path, config: Path, formulation: str, unseen: str = "mean", copy: int = 0) -> str:
     """Every finished (trained on, tested on) pair of one preset, beside Pop on the target and the paper."""
     ids = ("IDs of its items from the trained generator (Algorithm 1)" if formulation == "prompt" else
            "IDs of its items by the sources' rule (extractive words), words the sources lack "
@@ -87,6 +91,8 @@ def table(out: Path, config: Path, formulation: str, unseen: str = "mean") -> st
               "in the column)" if unseen == "encoder" else
               "rows from the learned map of each word's text-encoder vector that every word's row is in training "
               "(items.word_rows: encoder)"))
+    if copy:
+        ids += f"; the decoder's learned copy bonus for words of the last {copy} history items (items.copy_items)"
     extra = ("items needing a 2nd attempt | suffixed" if formulation == "prompt" else "target ID words unseen | x Pop")
     lines = [
         f"Command: `python benchmarks/textid_zero_shot.py --config {config.relative_to(ROOT)} --train TRAIN --test TEST` "

@@ -35,7 +35,7 @@ from recfm.recommender import TopK
 from recfm.textid.ids import normalize_id
 from recfm.textid.recommender import ItemIdTable, train_on_windows
 from recfm.textid.trie import TokenTrie
-from recfm.textid.trie_loss import free_positions, prefix_states, segment_logsumexp, trie_log_probs
+from recfm.textid.trie_loss import CopyBonus, free_positions, prefix_states, segment_logsumexp, trie_log_probs
 
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
 SPECIAL = ["<pad>", "</s>", "<s>", "<unk>"]
@@ -63,6 +63,10 @@ class ItemLevelConfig(BaseModel):
     word_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the word embedding table during training, a "
                                 "fresh mask each time the table is read (history pooling, item head, decoder words): "
                                 "the textual-ID form of SASRec's item-table dropout (baselines `item_dropout`)")
+    copy_items: int = Field(0, ge=0, description="a copy mechanism: when the decoder writes a word that is in the ID of "
+                            "one of the last copy_items history items, its logit gets a learned bonus (one weight per "
+                            "recency). It does not depend on which word it is, so it carries over to an unseen catalog "
+                            "(zero-shot); 0 = off")
     decoder_size: int = Field(128, ge=8, description="width of the GRU that writes the next ID word by word")
     decoder_dropout: float = Field(0.2, ge=0, lt=1, description="dropout on the decoder's outputs")
     scale_items: bool = Field(True, description="multiply the pooled item vectors by sqrt(hidden_size) before adding "
@@ -132,6 +136,20 @@ class WordVocab:
         return ItemIdTable([""] + [normalize_id(x) for x in ids], [[], *tokens], trie)
 
 
+def recent_items(items: torch.Tensor, last: torch.Tensor, k: int) -> torch.Tensor:
+    """``[B, k]``: the items at positions ``last``, ``last - 1``, ... of right-padded ``items`` ``[B, T]``
+    (0 before the first)."""
+    at = last[:, None] - torch.arange(k, device=items.device)[None]
+    return torch.where(at >= 0, items.gather(1, at.clamp(min=0)), torch.zeros_like(at))
+
+
+def recent_items_everywhere(items: torch.Tensor, k: int) -> torch.Tensor:
+    """``[B, T, k]``: for every position t of ``items`` ``[B, T]``, the items at t, t - 1, ... (0 before the first)."""
+    padded = nn.functional.pad(items, (k - 1, 0))
+    t = items.shape[1]
+    return torch.stack([padded[:, k - 1 - j : k - 1 - j + t] for j in range(k)], dim=-1)
+
+
 def word_vectors(vocab: WordVocab, encoder: str) -> torch.Tensor:
     """``[len(vocab), e]``: each word's vector from the frozen text encoder ``encoder`` (zeros for the
     special tokens), what ``items.word_rows: encoder`` maps to word embeddings."""
@@ -184,6 +202,9 @@ class ItemLevelNet(nn.Module):
         self.gru = nn.GRU(2 * dd, dd, batch_first=True)
         self.dec_drop = FastDropout(config.decoder_dropout)
         self.out_bias = nn.Parameter(torch.zeros(vocab_size))
+        self.copy_items = config.copy_items
+        if config.copy_items:
+            self.copy_weight = nn.Parameter(torch.zeros(config.copy_items))
         for m in self.modules():
             if isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=0.02)
@@ -294,18 +315,28 @@ class ItemLevelRecommender:
         words = self.model.decoder_words(rows)
         out = self.model.decode(states, previous, words)
         valid = targets != PAD
+        copy = self._copy_bonus(recent_items_everywhere(inputs, self.model.copy_items)[mask]) \
+            if self.model.copy_items else None
         if self.loss_kind == "full":
             logits = out[valid] @ words.T + self.model.out_bias
+            if copy is not None:
+                logits = logits + copy.rows(torch.nonzero(valid)[:, 0]).dense(torch.arange(len(words), device=dev),
+                                                                               len(words))
             loss, tokens = nn.functional.cross_entropy(logits, targets[valid]), int(valid.sum())
         else:
             trie = self.items.trie.to(dev)
             nodes = prefix_states(trie, targets)
             free = free_positions(trie, nodes, valid)
-            lp = trie_log_probs(out[free], nodes[free], targets[free], words, self.model.out_bias, trie)
+            lp = trie_log_probs(out[free], nodes[free], targets[free], words, self.model.out_bias, trie,
+                                copy.rows(torch.nonzero(free)[:, 0]) if copy is not None else None)
             loss, tokens = -lp.mean(), int(free.sum())
         if self.model.item_loss_weight:
             loss = loss + self.model.item_loss_weight * self.item_loss(states, labels[mask], rows=rows)
         return loss, tokens
+
+    def _copy_bonus(self, recent: torch.Tensor) -> CopyBonus:
+        """The copy mechanism (``items.copy_items``) for rows whose recent history items are ``recent`` ``[M, k]``."""
+        return CopyBonus(self.id_tokens.to(recent.device)[recent], self.model.copy_weight, len(SPECIAL))
 
     def item_loss(self, states: torch.Tensor, next_items: torch.Tensor,
                   negatives: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -362,6 +393,8 @@ class ItemLevelRecommender:
         seqs, last = seqs.to(dev), last.to(dev)
         b = seqs.shape[0]
         states = net.encode(seqs, self.id_tokens.to(dev), rows)[torch.arange(b, device=dev), last]
+        copy = self._copy_bonus(recent_items(seqs, last, net.copy_items).repeat_interleave(beam, 0)) \
+            if net.copy_items else None
         h, context = net.decoder_start(states.repeat_interleave(beam, 0))
         score = torch.full((b * beam,), -torch.inf, device=dev)
         score[::beam] = 0.0  # one live beam per history at the start
@@ -378,7 +411,10 @@ class ItemLevelRecommender:
             rows, toks, lp = [], [], []
             at_root = torch.nonzero(live & (nodes == 0)).squeeze(1)
             if at_root.numel():
-                root_lp = torch.log_softmax(out[at_root] @ weight[first].T + bias[first], dim=-1)
+                root_logits = out[at_root] @ weight[first].T + bias[first]
+                if copy is not None:
+                    root_logits = root_logits + copy.rows(at_root).dense(first, len(weight))
+                root_lp = torch.log_softmax(root_logits, dim=-1)
                 rows.append(at_root.repeat_interleave(first.numel()))
                 toks.append(first.repeat(at_root.numel()))
                 lp.append(root_lp.reshape(-1))
@@ -387,6 +423,8 @@ class ItemLevelRecommender:
                 r, t = trie.allowed_tokens(nodes[below])
                 r = below[r]
                 logit = (out[r] * weight[t]).sum(-1) + bias[t]
+                if copy is not None:
+                    logit = logit + copy.pairs(r, t)
                 rows.append(r)
                 toks.append(t)
                 lp.append(logit - segment_logsumexp(logit, r, b * beam)[r])
@@ -451,10 +489,14 @@ class ItemLevelRecommender:
             free = free_positions(trie, nodes, targets != PAD)
             previous = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
             words = self.model.decoder_words(rows)
+            recent = recent_items(seqs, last, self.model.copy_items) if self.model.copy_items else None
             for b in range(len(histories)):
                 dec = self.model.decode(states[b].expand(n, -1), previous, words)
+                copy = None
+                if recent is not None:
+                    copy = self._copy_bonus(recent[b].expand(int(free.sum()), -1))
                 lp = torch.zeros(targets.shape, device=dev)
-                lp[free] = trie_log_probs(dec[free], nodes[free], targets[free], words, self.model.out_bias, trie)
+                lp[free] = trie_log_probs(dec[free], nodes[free], targets[free], words, self.model.out_bias, trie, copy)
                 out[b, 1:] = lp.sum(1)
         return out
 

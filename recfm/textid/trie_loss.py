@@ -41,11 +41,40 @@ def prefix_states(trie: TokenTrie, targets: torch.Tensor) -> torch.Tensor:
     return states
 
 
+class CopyBonus:
+    """A logit bonus for writing a word that a row's recent history items have: ``weight[k]`` for each
+    time the word is in the ``k``-th most recent item's ID (``recent`` ``[M, K, W]``, word tokens, 0 =
+    none). Only words from ``first_word`` on get it (special tokens never do). It does not depend on
+    which word it is, so it carries over to a catalog of unseen words."""
+
+    def __init__(self, recent: torch.Tensor, weight: torch.Tensor, first_word: int):
+        self.recent, self.weight, self.first_word = recent, weight, first_word
+
+    def rows(self, rows: torch.Tensor) -> "CopyBonus":
+        return CopyBonus(self.recent[rows], self.weight, self.first_word)
+
+    def pairs(self, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``[P]``: the bonus of writing ``tokens[i]`` in row ``rows[i]``."""
+        hits = (self.recent[rows] == tokens[:, None, None]).sum(-1).to(self.weight.dtype)  # [P, K]
+        return (hits @ self.weight) * (tokens >= self.first_word)
+
+    def dense(self, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        """``[M, len(tokens)]``: the bonus of writing each of ``tokens`` (distinct) in every row."""
+        column = torch.full((vocab_size,), -1, dtype=torch.long, device=tokens.device)
+        column[tokens] = torch.arange(len(tokens), device=tokens.device)
+        m, k, w = self.recent.shape
+        where = column[self.recent]  # [M, K, W]: each recent word's column, -1 if not among tokens
+        keep = (where >= 0) & (self.recent >= self.first_word)
+        values = self.weight[None, :, None].expand(m, k, w) * keep
+        out = torch.zeros(m, len(tokens) + 1, dtype=self.weight.dtype, device=tokens.device)
+        return out.scatter_add(1, torch.where(keep, where, len(tokens)).reshape(m, -1), values.reshape(m, -1))[:, :-1]
+
+
 def trie_log_probs(hidden: torch.Tensor, nodes: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
-                   bias: torch.Tensor | None, trie: TokenTrie) -> torch.Tensor:
+                   bias: torch.Tensor | None, trie: TokenTrie, copy: CopyBonus | None = None) -> torch.Tensor:
     """``log p(target | allowed tokens at node)`` per row, with logits ``hidden @ weight.T + bias``
-    computed only for the allowed tokens. ``hidden`` ``[M, d]``, ``nodes`` / ``targets`` ``[M]``.
-    Rows whose target the trie does not allow there get ``-inf``."""
+    (+ ``copy``'s bonus per row and token) computed only for the allowed tokens. ``hidden`` ``[M, d]``,
+    ``nodes`` / ``targets`` ``[M]``. Rows whose target the trie does not allow there get ``-inf``."""
     hidden = widened(hidden)  # bf16 states under autocast: the sums and logsumexps below run in float32
     m = hidden.shape[0]
     out = hidden.new_zeros(m)
@@ -54,16 +83,22 @@ def trie_log_probs(hidden: torch.Tensor, nodes: torch.Tensor, targets: torch.Ten
     nodes = nodes.to(trie.device)
     root = nodes == 0
     target_logit = (hidden * weight[targets]).sum(-1) + (bias[targets] if bias is not None else 0)
+    if copy is not None:
+        target_logit = target_logit + copy.pairs(torch.arange(m, device=hidden.device), targets)
     lse = hidden.new_full((m,), -torch.inf)
     if bool(root.any()):  # every root row allows the same tokens: one dense product
         first = trie.child_tokens[trie.offsets[0] : trie.offsets[1]]
         logits = hidden[root] @ weight[first].T + (bias[first] if bias is not None else 0)
+        if copy is not None:
+            logits = logits + copy.rows(root).dense(first, weight.shape[0])
         lse[root] = torch.logsumexp(widened(logits), dim=1)
     rest = torch.nonzero(~root).squeeze(1)
     if rest.numel():
         rows, toks = trie.allowed_tokens(nodes[rest])
         rows = rest[rows]
         pair = (hidden[rows] * weight[toks]).sum(-1) + (bias[toks] if bias is not None else 0)
+        if copy is not None:
+            pair = pair + copy.pairs(rows, toks)
         lse = torch.where(root, lse, segment_logsumexp(pair, rows, m))
     allowed = trie.step(nodes, targets) >= 0
     return torch.where(allowed, target_logit - lse, torch.full_like(lse, -torch.inf))

@@ -31,21 +31,23 @@ def shop(tmp_path, monkeypatch):
     return write_shop(tmp_path / "tiny-shop")
 
 
-def random_recommender(seed: int = 0, tie_words: bool = False) -> ItemLevelRecommender:
+def random_recommender(seed: int = 0, tie_words: bool = False, copy_items: int = 0) -> ItemLevelRecommender:
     ids = [f"{w} {k}" for w in ("red", "blue", "green", "warm") for k in ("lamp", "chair", "soft chair", "lamp shade")]
     vocab = WordVocab.of_ids(ids)
     torch.manual_seed(seed)
-    net = ItemLevelNet(ItemLevelConfig(hidden_size=16, num_layers=1, num_heads=2, decoder_size=16, tie_words=tie_words),
-                       len(vocab), 6)
+    net = ItemLevelNet(ItemLevelConfig(hidden_size=16, num_layers=1, num_heads=2, decoder_size=16, tie_words=tie_words,
+                                       copy_items=copy_items), len(vocab), 6)
     with torch.no_grad():  # spread the scores: an untrained net scores every ID almost alike
         for p in net.parameters():
             p.mul_(20)
+        if copy_items:  # copying words of the last items changes the order
+            net.copy_weight.copy_(torch.linspace(40.0, 10.0, copy_items))
     return ItemLevelRecommender(net.eval(), vocab, ids, max_len=6, num_beams=4)
 
 
-@pytest.mark.parametrize("tie_words", [False, True])
-def test_wide_beam_returns_the_exact_top_k_with_the_exact_scores(tie_words):
-    rec = random_recommender(tie_words=tie_words)
+@pytest.mark.parametrize("tie_words,copy_items", [(False, 0), (True, 0), (True, 2)])
+def test_wide_beam_returns_the_exact_top_k_with_the_exact_scores(tie_words, copy_items):
+    rec = random_recommender(tie_words=tie_words, copy_items=copy_items)
     histories = [[1, 2, 3], [5], [16, 4, 9, 9, 1, 2, 3, 7]]
     exact = rec.item_log_probs(histories)
     assert torch.allclose(exact[:, 1:].exp().sum(1), torch.ones(3), atol=1e-4)  # a distribution over items
@@ -54,6 +56,20 @@ def test_wide_beam_returns_the_exact_top_k_with_the_exact_scores(tie_words):
     want = torch.topk(exact, 5, dim=1)
     assert np.array_equal(top.items, want.indices.numpy())
     np.testing.assert_allclose(top.scores, want.values.numpy(), atol=1e-4)
+    if copy_items:  # a strong copy weight: every top item repeats a word of one of the last two items
+        texts = rec.items.texts
+        for history, row in zip(histories, top.items[:, :3]):
+            recent = set(texts[history[-1]].split()) | set(texts[history[-2]].split() if len(history) > 1 else [])
+            assert all(recent & set(texts[i].split()) for i in row)
+
+
+def test_recent_items_at_every_position_and_at_the_last():
+    from recfm.textid.item_level import recent_items, recent_items_everywhere
+
+    items = torch.tensor([[4, 5, 6, 0], [7, 0, 0, 0]])
+    everywhere = recent_items_everywhere(items, 2)
+    assert everywhere[0].tolist() == [[4, 0], [5, 4], [6, 5], [0, 6]] and everywhere[1, 0].tolist() == [7, 0]
+    assert recent_items(items, torch.tensor([2, 0]), 3).tolist() == [[6, 5, 4], [7, 0, 0]]
 
 
 def test_exclusion_removes_items_and_lists_stay_distinct_real_items():
@@ -66,7 +82,8 @@ def test_exclusion_removes_items_and_lists_stay_distinct_real_items():
 
 
 @pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.9}, {"items": {**ITEMS["items"], "word_dropout": 0.3}},
-                                   {"items": {**ITEMS["items"], "word_rows": "encoder"}}])
+                                   {"items": {**ITEMS["items"], "word_rows": "encoder"}},
+                                   {"items": {**ITEMS["items"], "copy_items": 2}}])
 def test_no_validation_or_test_target_reaches_the_item_level_model(shop, monkeypatch, extra):
     monkeypatch.setattr("recfm.textid.word_transfer.encoder_embedder", lambda name: stub_text_vectors)
     assert_targets_never_reach_training(shop, monkeypatch, ITEMS | extra)

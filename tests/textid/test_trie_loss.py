@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recfm.textid.trie import TokenTrie
-from recfm.textid.trie_loss import IGNORE, prefix_states, trie_cross_entropy, trie_log_probs
+from recfm.textid.trie_loss import IGNORE, CopyBonus, prefix_states, trie_cross_entropy, trie_log_probs
 
 EOS, PAD = 1, 0
 
@@ -74,6 +74,45 @@ def test_sparse_log_probs_equal_masked_log_softmax_and_have_finite_gradients(see
     # a target the trie does not allow at its state is impossible
     bad = trie_log_probs(hidden[:1].detach(), torch.tensor([0]), torch.tensor([EOS]), weight.detach(), bias, trie)
     assert bad.item() == -np.inf
+
+
+def slow_copy_bonus(recent: torch.Tensor, weight: torch.Tensor, first_word: int, vocab: int) -> torch.Tensor:
+    """``[M, vocab]``: for every row and token, weight[k] times how often the k-th recent ID holds the token."""
+    out = torch.zeros(recent.shape[0], vocab)
+    for m in range(recent.shape[0]):
+        for k in range(recent.shape[1]):
+            for tok in recent[m, k].tolist():
+                if tok >= first_word:
+                    out[m, tok] += weight[k]
+    return out
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_copy_bonus_and_log_probs_with_it_equal_the_slow_dense_form(seed):
+    trie, seqs = random_trie(seed, vocab=30)
+    gen = torch.Generator().manual_seed(seed)
+    targets = torch.tensor([s + [EOS] + [PAD] * (5 - len(s)) for s in seqs])
+    states = prefix_states(trie, targets)
+    valid = targets != PAD
+    m = int(valid.sum())
+    recent = torch.randint(0, 30, (m, 3, 4), generator=gen)  # 3 recent IDs of 4 words (0 = padding, 1 = EOS)
+    weight = torch.tensor([1.5, -0.5, 0.25], requires_grad=True)
+    copy = CopyBonus(recent, weight, first_word=2)
+    slow = slow_copy_bonus(recent, weight.detach(), 2, 30)
+    torch.testing.assert_close(copy.dense(torch.arange(30), 30), slow)
+    picked = torch.tensor([7, 2, 29, 3])
+    torch.testing.assert_close(copy.dense(picked, 30), slow[:, picked])
+    rows = torch.randint(0, m, (50,), generator=gen)
+    tokens = torch.randint(0, 30, (50,), generator=gen)
+    torch.testing.assert_close(copy.pairs(rows, tokens), slow[rows, tokens])
+    hidden = torch.randn(m, 8, generator=gen)
+    out_weight = torch.randn(30, 8, generator=gen)
+    bias = torch.randn(30, generator=gen)
+    lp = trie_log_probs(hidden, states[valid], targets[valid], out_weight, bias, trie, copy)
+    dense = torch.log_softmax(trie.mask_scores(hidden @ out_weight.T + bias + slow, states[valid]), dim=-1)
+    torch.testing.assert_close(lp, dense.gather(1, targets[valid][:, None]).squeeze(1), atol=1e-5, rtol=1e-5)
+    lp.sum().backward()
+    assert weight.grad is not None and torch.isfinite(weight.grad).all() and weight.grad.abs().sum() > 0
 
 
 def test_sparse_log_probs_of_bf16_states_under_autocast_are_float32_and_close():
