@@ -24,6 +24,7 @@ configs/textid-<dataset>-prompt.yaml the paper's prompt formulation):
                     item-table dropout; items-wdrop0.35 the same at 0.35
     items-lrdecay   the preset with its learning rate falling linearly to 0 over 44 epochs (rec_lr_decay=linear,
                     rec_epochs=44: what the 45-minute cap allows here, the cap then a safety)
+    items-copy      the preset with the decoder's copy bonus for words of the last 3 history items (items.copy_items=3)
     prompt          the paper's formulation (one prompt per prefix through a T5 from a config), full loss
     prompt-trie     the same with the trie-restricted loss
 
@@ -68,6 +69,7 @@ CELLS = {
     "items-wdrop0.2": ("textid", "textid-{dataset}.yaml", ["items.word_dropout=0.2"]),
     "items-wdrop0.35": ("textid", "textid-{dataset}.yaml", ["items.word_dropout=0.35"]),
     "items-lrdecay": ("textid", "textid-{dataset}.yaml", ["rec_lr_decay=linear", "rec_epochs=44"]),
+    "items-copy": ("textid", "textid-{dataset}.yaml", ["items.copy_items=3"]),
     "prompt": ("textid", "textid-{dataset}-prompt.yaml", []),
     "prompt-trie": ("textid", "textid-{dataset}-prompt.yaml", ["loss=trie"]),
 }
