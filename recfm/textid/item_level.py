@@ -39,15 +39,16 @@ from recfm.textid.trie_loss import CopyBonus, free_positions, prefix_states, seg
 
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
 SPECIAL = ["<pad>", "</s>", "<s>", "<unk>"]
-
-
-def special_rows(vocab_size: int) -> torch.Tensor:
-    """``[vocab_size, 1]``: 1 for the special tokens, 0 for the words."""
-    mask = torch.zeros(vocab_size, 1)
-    mask[: len(SPECIAL)] = 1.0
-    return mask
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "recfm-textid.json"
+
+
+def free_row_mask(word_rows: str, vocab_size: int) -> torch.Tensor:
+    """``[vocab_size, 1]``: 1 for the rows that keep a learned free embedding under ``items.word_rows``
+    (every row for ``encoder+free``, the special tokens only for ``encoder``), 0 elsewhere."""
+    mask = torch.zeros(vocab_size, 1)
+    mask[: vocab_size if word_rows == "encoder+free" else len(SPECIAL)] = 1.0
+    return mask
 
 
 class ItemLevelConfig(BaseModel):
@@ -169,6 +170,7 @@ class ItemLevelNet(nn.Module):
             raise ValueError(f"items.num_heads={config.num_heads} must divide items.hidden_size={config.hidden_size}")
         d, dd = config.hidden_size, config.decoder_size
         self.word_emb = nn.Embedding(vocab_size, d, padding_idx=PAD)
+        self.word_rows_kind = config.word_rows
         self.grounded = config.word_rows != "free"
         if self.grounded:
             if word_vectors is None or word_vectors.shape[0] != vocab_size:
@@ -176,8 +178,7 @@ class ItemLevelNet(nn.Module):
             self.register_buffer("word_text", word_vectors.float().clone())
             # bias-free, so that the padding word (a zero vector) keeps a zero row
             self.word_proj = nn.Linear(word_vectors.shape[1], d, bias=False)
-            free = torch.ones(vocab_size, 1) if config.word_rows == "encoder+free" else special_rows(vocab_size)
-            self.register_buffer("free_rows", free)
+            self.register_buffer("free_rows", free_row_mask(config.word_rows, vocab_size))
         self.pos_emb = nn.Embedding(max_len, d)
         self.drop = FastDropout(config.dropout)
         self.word_dropout = config.word_dropout
@@ -490,11 +491,10 @@ class ItemLevelRecommender:
             previous = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], dim=1)
             words = self.model.decoder_words(rows)
             recent = recent_items(seqs, last, self.model.copy_items) if self.model.copy_items else None
+            n_free = int(free.sum())
             for b in range(len(histories)):
                 dec = self.model.decode(states[b].expand(n, -1), previous, words)
-                copy = None
-                if recent is not None:
-                    copy = self._copy_bonus(recent[b].expand(int(free.sum()), -1))
+                copy = self._copy_bonus(recent[b].expand(n_free, -1)) if recent is not None else None
                 lp = torch.zeros(targets.shape, device=dev)
                 lp[free] = trie_log_probs(dec[free], nodes[free], targets[free], words, self.model.out_bias, trie, copy)
                 out[b, 1:] = lp.sum(1)
@@ -520,23 +520,23 @@ class ItemLevelRecommender:
             tables = [net.word_emb.weight, net.out_bias[:, None]] + ([] if net.tie_words else [net.dec_emb.weight])
             rows = torch.cat([t.detach() for t in tables], dim=1)  # [V, all columns]
             known = rows[len(SPECIAL):]
-            if net.unseen_words == "encoder":
-                from recfm.textid.word_transfer import encoder_embedder, map_new_rows
+            new_words = list(vocab.words[len(self.vocab):])
+            embed = embed_words
+            if embed is None and (net.unseen_words == "encoder" or net.grounded):  # loaded once for both uses
+                from recfm.textid.word_transfer import encoder_embedder
 
-                embed = embed_words or encoder_embedder(net.word_encoder)
-                fill, report = map_new_rows(self.vocab.words[len(SPECIAL):], known, vocab.words[len(self.vocab):],
-                                            embed)
+                embed = encoder_embedder(net.word_encoder)
+            if net.unseen_words == "encoder":
+                from recfm.textid.word_transfer import map_new_rows
+
+                fill, report = map_new_rows(self.vocab.words[len(SPECIAL):], known, new_words, embed)
             else:
                 fill = known.mean(0, keepdim=True).expand(added, -1)
             grown = torch.cat([rows, fill])  # map_new_rows answers in the rows' dtype
             parts = grown.split([t.shape[1] for t in tables], dim=1)
             if net.grounded:  # the new words' rows come from what they mean to the encoder, as in training
-                from recfm.textid.word_transfer import encoder_embedder
-
-                text = (embed_words or encoder_embedder(net.word_encoder))(list(vocab.words[len(self.vocab):]))
-                net.word_text = torch.cat([net.word_text, text.to(net.word_text)])
-                free = 1.0 if net.free_rows[len(SPECIAL):].any() else 0.0  # encoder+free or encoder
-                net.free_rows = torch.cat([net.free_rows, torch.full((added, 1), free).to(net.free_rows)])
+                net.word_text = torch.cat([net.word_text, embed(new_words).to(net.word_text)])
+                net.free_rows = free_row_mask(net.word_rows_kind, len(vocab)).to(net.free_rows)
             with torch.no_grad():
                 net.word_emb = nn.Embedding.from_pretrained(parts[0].contiguous(), freeze=False, padding_idx=PAD)
                 net.out_bias = nn.Parameter(parts[1][:, 0].contiguous())

@@ -55,19 +55,29 @@ def test_cross_entropy_matches_the_slow_walk(seed):
     assert trie_cross_entropy(logits, labels, trie).item() == pytest.approx(per_row.sum().item() / free, rel=1e-5)
 
 
+def every_id_position(seed: int):
+    """A random trie over a 30-word vocabulary, every ID's tokens (EOS included) as target positions, and a
+    seeded generator: (trie, generator, targets [M], trie states before them [M])."""
+    trie, seqs = random_trie(seed, vocab=30)
+    targets = torch.tensor([s + [EOS] + [PAD] * (5 - len(s)) for s in seqs])
+    valid = targets != PAD
+    return trie, torch.Generator().manual_seed(seed), targets[valid], prefix_states(trie, targets)[valid]
+
+
+def masked_log_softmax_of_targets(logits: torch.Tensor, states: torch.Tensor, targets: torch.Tensor,
+                                  trie: TokenTrie) -> torch.Tensor:
+    """The slow form: full logits masked to the allowed tokens, log-softmax, the target's entry."""
+    return torch.log_softmax(trie.mask_scores(logits, states), dim=-1).gather(1, targets[:, None]).squeeze(1)
+
+
 @pytest.mark.parametrize("seed", [3, 4])
 def test_sparse_log_probs_equal_masked_log_softmax_and_have_finite_gradients(seed):
-    trie, seqs = random_trie(seed, vocab=30)
-    gen = torch.Generator().manual_seed(seed)
-    targets = torch.tensor([s + [EOS] + [PAD] * (5 - len(s)) for s in seqs])
-    states = prefix_states(trie, targets)
-    valid = targets != PAD
-    hidden = torch.randn(int(valid.sum()), 8, generator=gen, requires_grad=True)
+    trie, gen, targets, states = every_id_position(seed)
+    hidden = torch.randn(len(targets), 8, generator=gen, requires_grad=True)
     weight = torch.randn(30, 8, generator=gen, requires_grad=True)
     bias = torch.randn(30, generator=gen)
-    lp = trie_log_probs(hidden, states[valid], targets[valid], weight, bias, trie)
-    dense = torch.log_softmax(trie.mask_scores(hidden @ weight.T + bias, states[valid]), dim=-1)
-    expected = dense.gather(1, targets[valid][:, None]).squeeze(1)
+    lp = trie_log_probs(hidden, states, targets, weight, bias, trie)
+    expected = masked_log_softmax_of_targets(hidden @ weight.T + bias, states, targets, trie)
     torch.testing.assert_close(lp, expected, atol=1e-5, rtol=1e-5)
     lp.sum().backward()
     assert torch.isfinite(hidden.grad).all() and torch.isfinite(weight.grad).all()
@@ -89,12 +99,8 @@ def slow_copy_bonus(recent: torch.Tensor, weight: torch.Tensor, first_word: int,
 
 @pytest.mark.parametrize("seed", [5, 6])
 def test_copy_bonus_and_log_probs_with_it_equal_the_slow_dense_form(seed):
-    trie, seqs = random_trie(seed, vocab=30)
-    gen = torch.Generator().manual_seed(seed)
-    targets = torch.tensor([s + [EOS] + [PAD] * (5 - len(s)) for s in seqs])
-    states = prefix_states(trie, targets)
-    valid = targets != PAD
-    m = int(valid.sum())
+    trie, gen, targets, states = every_id_position(seed)
+    m = len(targets)
     recent = torch.randint(0, 30, (m, 3, 4), generator=gen)  # 3 recent IDs of 4 words (0 = padding, 1 = EOS)
     weight = torch.tensor([1.5, -0.5, 0.25], requires_grad=True)
     copy = CopyBonus(recent, weight, first_word=2)
@@ -108,24 +114,20 @@ def test_copy_bonus_and_log_probs_with_it_equal_the_slow_dense_form(seed):
     hidden = torch.randn(m, 8, generator=gen)
     out_weight = torch.randn(30, 8, generator=gen)
     bias = torch.randn(30, generator=gen)
-    lp = trie_log_probs(hidden, states[valid], targets[valid], out_weight, bias, trie, copy)
-    dense = torch.log_softmax(trie.mask_scores(hidden @ out_weight.T + bias + slow, states[valid]), dim=-1)
-    torch.testing.assert_close(lp, dense.gather(1, targets[valid][:, None]).squeeze(1), atol=1e-5, rtol=1e-5)
+    lp = trie_log_probs(hidden, states, targets, out_weight, bias, trie, copy)
+    expected = masked_log_softmax_of_targets(hidden @ out_weight.T + bias + slow, states, targets, trie)
+    torch.testing.assert_close(lp, expected, atol=1e-5, rtol=1e-5)
     lp.sum().backward()
     assert weight.grad is not None and torch.isfinite(weight.grad).all() and weight.grad.abs().sum() > 0
 
 
 def test_sparse_log_probs_of_bf16_states_under_autocast_are_float32_and_close():
-    trie, seqs = random_trie(5, vocab=30)
-    gen = torch.Generator().manual_seed(5)
-    targets = torch.tensor([s + [EOS] + [PAD] * (5 - len(s)) for s in seqs])
-    states = prefix_states(trie, targets)
-    valid = targets != PAD
-    hidden = torch.randn(int(valid.sum()), 8, generator=gen).bfloat16()  # what a bf16 decoder returns
+    trie, gen, targets, states = every_id_position(5)
+    hidden = torch.randn(len(targets), 8, generator=gen).bfloat16()  # what a bf16 decoder returns
     weight, bias = torch.randn(30, 8, generator=gen), torch.randn(30, generator=gen)
-    exact = trie_log_probs(hidden.float(), states[valid], targets[valid], weight, bias, trie)
+    exact = trie_log_probs(hidden.float(), states, targets, weight, bias, trie)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        lp = trie_log_probs(hidden, states[valid], targets[valid], weight, bias, trie)
+        lp = trie_log_probs(hidden, states, targets, weight, bias, trie)
     assert lp.dtype == torch.float32
     torch.testing.assert_close(lp, exact, atol=0.1, rtol=0.02)  # bf16 root matmul, float32 logsumexp
 
