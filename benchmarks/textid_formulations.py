@@ -25,6 +25,7 @@ configs/textid-<dataset>-prompt.yaml the paper's prompt formulation):
     items-lrdecay   the preset with its learning rate falling linearly to 0 over 44 epochs (rec_lr_decay=linear,
                     rec_epochs=44: what the 45-minute cap allows here, the cap then a safety)
     items-copy      the preset with the decoder's copy bonus for words of the last 3 history items (items.copy_items=3)
+    items-itemrows  the preset with a free embedding row per item added to its pooled ID words (items.item_rows)
     prompt          the paper's formulation (one prompt per prefix through a T5 from a config), full loss
     prompt-trie     the same with the trie-restricted loss
 
@@ -70,6 +71,7 @@ CELLS = {
     "items-wdrop0.35": ("textid", "textid-{dataset}.yaml", ["items.word_dropout=0.35"]),
     "items-lrdecay": ("textid", "textid-{dataset}.yaml", ["rec_lr_decay=linear", "rec_epochs=44"]),
     "items-copy": ("textid", "textid-{dataset}.yaml", ["items.copy_items=3"]),
+    "items-itemrows": ("textid", "textid-{dataset}.yaml", ["items.item_rows=true"]),
     "prompt": ("textid", "textid-{dataset}-prompt.yaml", []),
     "prompt-trie": ("textid", "textid-{dataset}-prompt.yaml", ["loss=trie"]),
 }

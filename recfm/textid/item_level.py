@@ -64,6 +64,11 @@ class ItemLevelConfig(BaseModel):
     word_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the word embedding table during training, a "
                                 "fresh mask each time the table is read (history pooling, item head, decoder words): "
                                 "the textual-ID form of SASRec's item-table dropout (baselines `item_dropout`)")
+    item_rows: bool = Field(False, description="each item also gets a free embedding row of its own, added to the mean "
+                            "of its ID words wherever items are inputs (history positions, the auxiliary item head): "
+                            "SASRec's item table beside the words, so items that share most words can still be told "
+                            "apart. The IDs the decoder writes are unchanged. An unseen catalog's items (zero-shot) "
+                            "get zero rows")
     copy_items: int = Field(0, ge=0, description="a copy mechanism: when the decoder writes a word that is in the ID of "
                             "one of the last copy_items history items, its logit gets a learned bonus (one weight per "
                             "recency). It does not depend on which word it is, so it carries over to an unseen catalog "
@@ -162,9 +167,10 @@ def word_vectors(vocab: WordVocab, encoder: str) -> torch.Tensor:
 
 class ItemLevelNet(nn.Module):
     def __init__(self, config: ItemLevelConfig, vocab_size: int, max_len: int,
-                 word_vectors: torch.Tensor | None = None):
+                 word_vectors: torch.Tensor | None = None, n_items: int | None = None):
         """``word_vectors`` ``[vocab_size, e]``: each word's frozen text-encoder vector (zeros for the
-        special tokens), needed when ``config.word_rows`` is not ``free``."""
+        special tokens), needed when ``config.word_rows`` is not ``free``; ``n_items``: the catalog's
+        size, needed with ``config.item_rows``."""
         super().__init__()
         if config.hidden_size % config.num_heads:
             raise ValueError(f"items.num_heads={config.num_heads} must divide items.hidden_size={config.hidden_size}")
@@ -179,6 +185,11 @@ class ItemLevelNet(nn.Module):
             # bias-free, so that the padding word (a zero vector) keeps a zero row
             self.word_proj = nn.Linear(word_vectors.shape[1], d, bias=False)
             self.register_buffer("free_rows", free_row_mask(config.word_rows, vocab_size))
+        self.item_rows = config.item_rows
+        if config.item_rows:
+            if n_items is None:
+                raise ValueError("items.item_rows needs the catalog's size (n_items)")
+            self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=PAD)  # item indices are 1-based
         self.pos_emb = nn.Embedding(max_len, d)
         self.drop = FastDropout(config.dropout)
         self.word_dropout = config.word_dropout
@@ -214,14 +225,15 @@ class ItemLevelNet(nn.Module):
 
     def item_vectors(self, items: torch.Tensor, id_tokens: torch.Tensor, rows: torch.Tensor | None = None
                      ) -> torch.Tensor:
-        """``[B, T]`` item indices -> ``[B, T, d]``: the mean word embedding of each item's ID
-        (``rows``: :meth:`word_rows`, when the caller already has them)."""
+        """``[B, T]`` item indices -> ``[B, T, d]``: the mean word embedding of each item's ID, plus the
+        item's own row with ``items.item_rows`` (``rows``: :meth:`word_rows`, when the caller already has them)."""
         tokens = id_tokens[items]
         # One fused gather-and-mean (padding words excluded from sum and count, an empty ID gives zeros):
         # gathering [B, T, words, d] and summing it was a fifth of a CPU training step.
         pooled = nn.functional.embedding_bag(tokens.reshape(-1, tokens.shape[-1]), self.word_table(rows),
                                              mode="mean", padding_idx=PAD)
-        return pooled.reshape(*tokens.shape[:-1], -1)
+        pooled = pooled.reshape(*tokens.shape[:-1], -1)
+        return pooled + self.item_emb(items) if self.item_rows else pooled
 
     def encode(self, items: torch.Tensor, id_tokens: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Right-padded ``[B, T]`` histories -> ``[B, T, d]`` causal states (position t sees items 0..t)."""
@@ -542,6 +554,9 @@ class ItemLevelRecommender:
                 net.out_bias = nn.Parameter(parts[1][:, 0].contiguous())
                 if not net.tie_words:
                     net.dec_emb = nn.Embedding.from_pretrained(parts[2].contiguous(), freeze=False, padding_idx=PAD)
+        if net.item_rows:  # the new catalog's items were never trained: no row of their own
+            net.item_emb = nn.Embedding(len(ids) + 1, net.item_emb.embedding_dim, padding_idx=PAD).to(net.out_bias)
+            nn.init.zeros_(net.item_emb.weight)
         net.eval()
         other = ItemLevelRecommender(net, vocab, ids, max_len=self.max_len, num_beams=self.num_beams,
                                      eval_batch_size=self.eval_batch_size, loss=self.loss_kind)
@@ -565,8 +580,9 @@ class ItemLevelRecommender:
         meta = json.loads((directory / META_FILE).read_text())
         vocab = WordVocab(meta["words"])
         state = load_file(str(directory / WEIGHTS_FILE))
+        item_rows = state.get("item_emb.weight")
         net = ItemLevelNet(ItemLevelConfig(**meta["config"]), len(vocab), meta["max_len"],
-                           word_vectors=state.get("word_text"))
+                           word_vectors=state.get("word_text"), n_items=None if item_rows is None else len(item_rows) - 1)
         net.load_state_dict(state)
         net.to(device).eval()
         return cls(net, vocab, ids, max_len=meta["max_len"], num_beams=meta["num_beams"],

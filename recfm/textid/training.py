@@ -347,7 +347,7 @@ class TextIDModel(TrainableRecommender):
                    f"({time.perf_counter() - clock:.0f} s)")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            net = ItemLevelNet(cfg.items, len(vocab), cfg.max_history, word_vectors=vectors)
+            net = ItemLevelNet(cfg.items, len(vocab), cfg.max_history, word_vectors=vectors, n_items=len(ids0))
         self.rec = ItemLevelRecommender(net.to(cfg.device), vocab, ids0, max_len=cfg.max_history,
                                         num_beams=cfg.num_beams, eval_batch_size=cfg.eval_batch_size, loss=cfg.loss)
         return self._fit_windows(split, protocol, log_fn, start, budget, report, f"{len(vocab)} ID words")

@@ -83,7 +83,8 @@ def test_exclusion_removes_items_and_lists_stay_distinct_real_items():
 
 @pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.9}, {"items": {**ITEMS["items"], "word_dropout": 0.3}},
                                    {"items": {**ITEMS["items"], "word_rows": "encoder"}},
-                                   {"items": {**ITEMS["items"], "copy_items": 2}}])
+                                   {"items": {**ITEMS["items"], "copy_items": 2}},
+                                   {"items": {**ITEMS["items"], "item_rows": True, "item_loss_weight": 1.0}}])
 def test_no_validation_or_test_target_reaches_the_item_level_model(shop, monkeypatch, extra):
     monkeypatch.setattr("recfm.textid.word_transfer.encoder_embedder", lambda name: stub_text_vectors)
     assert_targets_never_reach_training(shop, monkeypatch, ITEMS | extra)
@@ -327,6 +328,41 @@ def test_pooled_item_vectors_are_the_mean_of_the_id_words_without_padding():
     slow = (net.word_emb(tokens) * (tokens != 0)[..., None]).sum(-2) / count.clamp(min=1)
     assert torch.allclose(net.item_vectors(items, id_tokens), slow, atol=1e-5)
     assert not net.item_vectors(items, id_tokens)[0, 2].any()
+
+
+def test_item_rows_add_each_items_own_row_to_its_pooled_words_and_an_unseen_catalog_gets_none():
+    ids = ["red lamp", "red lamp shade", "blue chair"]
+    vocab = WordVocab.of_ids(ids)
+    torch.manual_seed(0)
+    cfg = ItemLevelConfig(hidden_size=16, num_layers=1, num_heads=2, decoder_size=16, item_rows=True)
+    with pytest.raises(ValueError, match="n_items"):
+        ItemLevelNet(cfg, len(vocab), 6)
+    net = ItemLevelNet(cfg, len(vocab), 6, n_items=3)
+    rec = ItemLevelRecommender(net.eval(), vocab, ids, max_len=6, num_beams=3)
+    items = torch.tensor([[1, 2, 0], [3, 0, 0]])
+    plain = ItemLevelNet(cfg.model_copy(update={"item_rows": False}), len(vocab), 6)
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("item_emb")})
+    words_only = plain.item_vectors(items, rec.id_tokens)
+    assert torch.allclose(net.item_vectors(items, rec.id_tokens), words_only + net.item_emb.weight[items])
+    assert not net.item_vectors(items, rec.id_tokens)[0, 2].any()  # the padding item stays zero
+    other = rec.for_catalog(["red chair", "blue lamp"])
+    assert other.model.item_emb.weight.shape == (3, 16) and not other.model.item_emb.weight.any()
+    assert net.item_emb.weight.any()  # the source model keeps its rows
+    assert sorted(other.recommend([[1]], k=2).items[0].tolist()) == [1, 2]
+
+
+def test_item_rows_train_save_and_load_through_the_cli(shop, tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "textid", "-d", str(shop), "-o", str(out), "--no-preset", *CLI_OVERRIDES,
+                            "rec_epochs=2", "items.item_rows=true", "items.item_loss_weight=1.0"])
+    assert r.exit_code == 0, r.output
+    state = load_file(str(out / "recommender" / "model.safetensors"))
+    assert state["item_emb.weight"].shape[0] == load_dataset(shop, use_cache=False).n_items + 1
+    from recfm.runs import load_run
+
+    split = load_dataset(shop, use_cache=False).split()
+    a, b = load_run(out)[2], load_run(out)[2]
+    assert np.array_equal(a.recommend(split.test.histories[:10], 5).items, b.recommend(split.test.histories[:10], 5).items)
 
 
 def test_dropout_is_the_fast_mask_everywhere_and_off_in_eval():
