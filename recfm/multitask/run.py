@@ -32,7 +32,7 @@ from recfm.errors import RecfmError
 from recfm import distributed, rundir
 from recfm.multitask.records import EMB_TASKS, GEN_TASKS, SPLITS, read_records, write_records
 from recfm.multitask.movielens_tasks import MovieLensTasks, TaskConfig
-from recfm.multitask.trainer import MultiTaskConfig
+from recfm.multitask.trainer import UNMERGED_FILE, MultiTaskConfig
 
 log = logging.getLogger("recfm.multitask")
 
@@ -268,8 +268,53 @@ def zero_shot(config: MultiTaskRunConfig, output: Path) -> dict:
     return metrics
 
 
+# train fields that change only the final merge or the scoring, not the weights training reaches
+NOT_TRAINING = {"merge", "merge_density", "merge_space", "checkpoints", "eval_records", "answer_tokens", "report_to",
+                "checkpoint_every"}
+
+
+def same_training_but_merge(source: MultiTaskRunConfig, variant: MultiTaskRunConfig) -> bool:
+    """Whether ``variant`` (no merge) trains exactly as ``source`` (merged) does: then ``variant``'s weights
+    are ``source``'s before its merge."""
+    def training(c: MultiTaskRunConfig) -> dict:
+        dump = c.model_dump()
+        return {**dump, "train": {k: v for k, v in dump["train"].items() if k not in NOT_TRAINING}}
+
+    return source.train.merge and not variant.train.merge and training(source) == training(variant)
+
+
+def score_unmerged(source_dir: Path, config: MultiTaskRunConfig, output: Path) -> dict:
+    """A run directory for ``config`` (merge off) from ``source_dir``'s weights before its merge: the
+    same training, scored without the merge. Its metrics say which run trained it."""
+    from recfm.multitask.model import load_multitask_model
+    from recfm.multitask.trainer import load_adapter, save_adapter, task_specs
+
+    records = build_records(config.data, output.parent)
+    model = load_multitask_model(task_specs(records), config.train.model)
+    load_adapter(model, source_dir, UNMERGED_FILE)
+    model.model.eval()
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
+    history = json.loads((source_dir / "history.json").read_text())
+    history.pop("merged", None)
+    atomic_write_text(output / "history.json", json.dumps(history))
+    save_adapter(model, output)
+    plot_sample_ratios(history, output / "sample_ratios.png")
+    routing = model.tmole.routing().numpy()
+    np.save(output / "routing.npy", routing)
+    plot_routing_similarity(routing, [t.name for t in model.tasks], output / "routing_similarity.png")
+    source = json.loads((source_dir / "metrics.json").read_text())
+    metrics = {"tasks": _score(model, records, config), "train_seconds": source["train_seconds"],
+               "steps": source["steps"], "stopped": source.get("stopped", "completed"),
+               "trained_by": source_dir.name}
+    atomic_write_json(output / "metrics.json", metrics)
+    return metrics
+
+
 def ablation(config: MultiTaskRunConfig, output: Path, variants: list[str] | None = None) -> Path:
-    """Zero-shot backbone + every variant (each skipped if its metrics.json exists); writes table.md."""
+    """Zero-shot backbone + every variant (each skipped if its metrics.json exists); writes table.md. A
+    variant that differs from one trained before it only by switching the merge off (w/o merge) is that
+    run's weights before its merge, scored: training it again would reach the same weights."""
     from recfm.overrides import deep_merge
     from recfm.multitask.trainer import CHECKPOINTS
 
@@ -284,15 +329,27 @@ def ablation(config: MultiTaskRunConfig, output: Path, variants: list[str] | Non
     if main:
         results["backbone (zero-shot)"] = (json.loads((zs / "metrics.json").read_text())
                                            if (zs / "metrics.json").is_file() else zero_shot(config, zs))
+    # variant -> (config, run directory, whether its weights before the merge are there to score)
+    done: dict[str, tuple[MultiTaskRunConfig, Path, bool]] = {}
     for name in names:
         run_dir = output / name.replace("/", "").replace(" & ", "-").replace(" ", "-")
+        variant = MultiTaskRunConfig.model_validate(deep_merge(config.model_dump(), {"train": VARIANTS[name]}))
         if (run_dir / "metrics.json").is_file():
             results[name] = json.loads((run_dir / "metrics.json").read_text())
+            done[name] = (variant, run_dir, (run_dir / UNMERGED_FILE).is_file())
             continue
-        variant = MultiTaskRunConfig.model_validate(deep_merge(config.model_dump(), {"train": VARIANTS[name]}))
+        # every process decides alike: a variant trained in this invocation wrote its file (process 0)
+        # before any process got here, so only the configs are compared for it
+        source = next((d for c, d, kept in done.values() if kept and same_training_but_merge(c, variant)), None)
         resume = (run_dir / CHECKPOINTS / "latest.json").is_file()  # a variant killed mid-training goes on
-        log.info("multitask ablation: %s%s", name, " (resumed)" if resume else "")
-        results[name] = train_run(variant, run_dir, resume=resume)
+        if source is not None and not resume:
+            log.info("multitask ablation: %s = %s before its merge (the same training)", name, source.name)
+            if main:  # scoring only: the other processes go on to the next variant
+                results[name] = score_unmerged(source, variant, run_dir)
+        else:
+            log.info("multitask ablation: %s%s", name, " (resumed)" if resume else "")
+            results[name] = train_run(variant, run_dir, resume=resume)
+        done[name] = (variant, run_dir, variant.train.merge)
     if not main:
         return output / "table.md"
     table = ablation_table(results)

@@ -67,6 +67,8 @@ class MultiTaskConfig(BaseModel):
     report_to: ReportTo = Field("none", description=REPORT_TO_HELP)
 
 
+ADAPTER_FILE = "tmole.safetensors"
+UNMERGED_FILE = "tmole.unmerged.safetensors"  # a merged run's final weights before the TIES merge
 # Settings that may differ on resume without changing what is computed.
 RESUME_FREE = {"num_threads", "max_minutes", "checkpoint_every", "eval_records", "answer_tokens", "report_to"}
 CHECKPOINTS = "checkpoints"
@@ -214,6 +216,8 @@ def train_multitask(records: dict[str, dict[str, list]], config: MultiTaskConfig
         say(f"merged {len(snapshots)} checkpoints (steps {history['checkpoint_steps']}) with TIES")
     if output_dir is not None and distributed.is_main():
         save_adapter(model, Path(output_dir))
+        if config.merge:  # the same training without the merge: `recfm multitask ablation` scores it as w/o merge
+            save_tmole_state(snapshots[-1], Path(output_dir) / UNMERGED_FILE)
     return history
 
 
@@ -275,16 +279,22 @@ def _losses(model: MultiTaskModel, batch: dict[str, list]) -> tuple[torch.Tensor
     return gen_loss, emb_loss
 
 
-def save_adapter(model: MultiTaskModel, directory: Path) -> None:
-    """TMoLE weights (safetensors) and the task table (JSON): all a run directory needs beside the backbone."""
+def save_tmole_state(state: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+
+def save_adapter(model: MultiTaskModel, directory: Path) -> None:
+    """TMoLE weights (safetensors) and the task table (JSON): all a run directory needs beside the backbone."""
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.tmole.state_dict().items()}, str(directory / "tmole.safetensors"))
+    save_tmole_state(model.tmole.state_dict(), directory / ADAPTER_FILE)
     (directory / "tasks.json").write_text(json.dumps([t.__dict__ for t in model.tasks], indent=2))
 
 
-def load_adapter(model: MultiTaskModel, directory: Path) -> None:
+def load_adapter(model: MultiTaskModel, directory: Path, file: str = ADAPTER_FILE) -> None:
+    """``file``: the adapter (``tmole.safetensors``) or, of a merged run, its last weights before the merge
+    (``UNMERGED_FILE``)."""
     from safetensors.torch import load_file
 
-    model.tmole.load_state_dict(load_file(str(Path(directory) / "tmole.safetensors")))
+    model.tmole.load_state_dict(load_file(str(Path(directory) / file)))

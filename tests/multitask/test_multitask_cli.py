@@ -49,6 +49,8 @@ def write_fixture(tmp_path, **train) -> Path:
 
 @pytest.mark.slow
 def test_ablation_command_writes_the_table_and_both_plots(tmp_path):
+    from safetensors.torch import load_file
+
     write_fixture(tmp_path)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["--quiet", "multitask", "ablation", "-c", str(tmp_path / "mt.yaml"), "-o", str(out),
@@ -62,6 +64,18 @@ def test_ablation_command_writes_the_table_and_both_plots(tmp_path):
         assert (out / variant / "routing_similarity.png").stat().st_size > 1000
         assert (out / variant / "tmole.safetensors").is_file()
     assert json.loads((out / "recfound" / "history.json").read_text())["merged"]["checkpoints"] == [3, 4]
+    # w/o merge is the full method's training before its merge, scored: the same as training it again
+    assert json.loads((out / "wo-merge" / "metrics.json").read_text())["trained_by"] == "recfound"
+    assert "merged" not in json.loads((out / "wo-merge" / "history.json").read_text())
+    again = CliRunner().invoke(app, ["--quiet", "multitask", "train", "-c", str(tmp_path / "mt.yaml"), "-o",
+                                     str(tmp_path / "unmerged"), "train.lr=0.01", "train.merge=false"])
+    assert again.exit_code == 0, again.output
+    wa, wb = (load_file(str(d / "tmole.safetensors")) for d in (out / "wo-merge", tmp_path / "unmerged"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ma, mb = (json.loads((d / "metrics.json").read_text())["tasks"] for d in (out / "wo-merge", tmp_path / "unmerged"))
+    assert ma == mb
+    merged = load_file(str(out / "recfound" / "tmole.safetensors"))
+    assert any(not torch.equal(merged[k], wa[k]) for k in wa)  # the merge did change the full method's weights
     assert yaml.safe_load((out / "recfound" / "config.yaml").read_text())["train"]["lr"] == 0.01
     result = CliRunner().invoke(app, ["--quiet", "multitask", "evaluate", "--run", str(out / "recfound")])
     assert result.exit_code == 0 and "Emb_user" in result.output
