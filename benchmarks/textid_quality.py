@@ -3,7 +3,9 @@
 Each cell is one `recfm train textid` run in its own process, written to
 runs/bench/<dataset>/<cell>/ and reused unless --force. Cells:
 
-    textid            the CPU preset configs/textid-<dataset>.yaml (Rec-only, paper's initial IDs)
+    textid            the paper formulation's CPU preset configs/textid-<dataset>-prompt.yaml (Rec-only, paper's
+                      initial IDs); every cell starts from it alone (--no-preset), not from the item-level
+                      default preset configs/textid-<dataset>.yaml
     textid-base       Rec-only, 2 recommender epochs (the reference of the ablations below)
     textid-alternate  2 rounds x (1 recommender epoch), 1 generator epoch between (lr 1e-3 so it moves)
     textid-user       user IDs only in the prompt      (Table 6 ablation)
@@ -68,7 +70,8 @@ def run_cell(dataset: str, cell: str, out_root: Path, force: bool, extra: list[s
     else:
         extra = [*extra, *([f"protocol.max_cases={max_cases}"] if max_cases else [])]
         cmd = [sys.executable, "-m", "recfm.cli", "train", "textid", "--dataset", dataset, "--output", str(run_dir),
-               "--overwrite", *extra, *CELLS[cell]]
+               "--overwrite", "--no-preset", "--config", str(ROOT / "configs" / f"textid-{dataset}-prompt.yaml"),
+               *extra, *CELLS[cell]]
         print("[run]", shlex.join(cmd), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
 
@@ -92,7 +95,7 @@ def table(out_root: Path) -> str:
     lines = [
         "Command: `python benchmarks/textid_quality.py --datasets DATASET --cells CELL` (each cell is "
         "`recfm train textid --dataset DATASET --output runs/bench/DATASET/CELL` plus the cell's overrides over "
-        "the preset `configs/textid-DATASET.yaml`); Pop and SASRec rows come from `make bench`.  ",
+        "the paper formulation's preset `configs/textid-DATASET-prompt.yaml`, with `--no-preset`); Pop and SASRec rows come from `make bench`.  ",
         f"Table written {dt.date.today().isoformat()}; machine: {platform.machine()}, {os.cpu_count()} cores; "
         "protocol: leave-one-out, full ranking (trie-constrained beam search over every item's ID), history "
         "not excluded, selected on validation NDCG@10, test scored once. `test users`: all, or a seeded sample "
@@ -132,11 +135,16 @@ def main() -> None:
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--max-cases", type=int, default=None,
                     help="final scores on a seeded sample of this many cases per split (protocol.max_cases)")
+    ap.add_argument("--no-write", action="store_true", help="print the table instead of writing docs/results.md "
+                    "(a re-run of some cells, to compare with the table there)")
     ap.add_argument("overrides", nargs="*", help="key=value overrides for every cell (e.g. max_train_minutes=20)")
     args = ap.parse_args()
     for d in args.datasets:
         for c in args.cells:
             run_cell(d, c, args.output, args.force, args.overrides, args.max_cases)
+    if args.no_write:
+        print(table(args.output))
+        return
     write_section("textid-quality", table(args.output))
     print("wrote docs/results.md")
 

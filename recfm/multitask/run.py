@@ -5,7 +5,8 @@
     recfm multitask ablation --config configs/multitask-cpu.yaml --output runs/mt   # table + 2 plots
 
 A run directory holds ``config.yaml``, ``tmole.safetensors`` + ``tasks.json`` (the adapter; the
-backbone is named in the config), ``history.json`` (losses, S2Sched ratios per step, merge),
+backbone is named in the config; a merged run also keeps ``tmole.unmerged.safetensors``, its weights
+before the merge), ``history.json`` (losses, S2Sched ratios per step, merge),
 ``metrics.json`` (per-task test scores), ``sample_ratios.png`` (Figure 3),
 ``routing_similarity.png`` (Figure 2), and ``history.jsonl`` + ``curves.png`` (a line per step and
 per validation pass, recfm/curves.py; ``tensorboard/`` with ``train.report_to: tensorboard``).
