@@ -14,8 +14,8 @@ import torch
 
 from recfm.compute import eval_mode
 from recfm.models.batching import (autocast_context, autocast_dtype, batch_progress, cache_rows, common_prefix_length,
-                                   decoder_layers, forward_params, length_batches, model_device, pad_batch, pad_rows,
-                                   pad_token_id, unwrap_peft)
+                                   decoder_layers, forward_params, last_logits_only, length_batches, model_device,
+                                   pad_batch, pad_rows, pad_token_id, unwrap_peft)
 
 log = logging.getLogger("recfm.bench")
 
@@ -140,11 +140,7 @@ class PromptScorer:
         self._pad_id = pad_token_id(tokenizer)
         params = forward_params(model)
         self._position_ids = "position_ids" in params
-        self._extra: dict = {}
-        if "logits_to_keep" in params:
-            self._extra["logits_to_keep"] = 1
-        elif "num_logits_to_keep" in params:
-            self._extra["num_logits_to_keep"] = 1
+        self._extra: dict = last_logits_only(model)
         self._cacheable = "use_cache" in params and "past_key_values" in params and self._position_ids
         self._last_logits = dict(self._extra)  # for forward passes that do use a cache
         if "use_cache" in params:

@@ -101,6 +101,17 @@ def forward_params(model) -> set[str]:
     return set(inspect.signature(unwrap_peft(model).forward).parameters)
 
 
+def last_logits_only(model) -> dict[str, int]:
+    """Forward arguments that make a causal LM compute the vocabulary logits of the last position only
+    (``logits_to_keep``, older transformers ``num_logits_to_keep``; none if the model has neither): for
+    SmolLM2 the output layer over every position is about a fifth of a forward pass."""
+    params = forward_params(model)
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            return {name: 1}
+    return {}
+
+
 def model_device(model) -> torch.device:
     return next(model.parameters()).device
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from recfm.models.batching import autocast_context, autocast_dtype, length_groups, pad_batch, pad_token_id
+from recfm.models.batching import (autocast_context, autocast_dtype, batch_progress, last_logits_only, length_batches,
+                                   length_groups, pad_batch, pad_token_id)
 from recfm.models.embedding import mean_pool
 from recfm.multitask.records import EMBED_TOKEN, EmbRecord, GenRecord
 from recfm.multitask.tmole import TMoLE, TMoLEConfig, attach_tmole
@@ -89,6 +90,8 @@ class MultiTaskModel:
             ids = tokenizer.encode(letter, add_special_tokens=False)
             self.letter_ids.append(ids[0] if len(ids) == 1 else None)
         self.device = next(model.parameters()).device
+        # logits = the output layer of the last hidden states (Llama, Mistral, Qwen2; not Gemma-2's soft cap)
+        self.plain_head = getattr(model.config, "final_logit_softcapping", None) is None
         self.autocast = autocast_dtype(config.autocast, self.device)
 
     # -- plumbing --------------------------------------------------------------------------
@@ -137,28 +140,45 @@ class MultiTaskModel:
             lab = torch.full_like(ids, -100)
             for row, i in enumerate(group):
                 lab[row, : len(labels[i])] = torch.tensor(labels[i])
+            targets = lab[:, 1:]
+            scored = targets != -100  # the answer's tokens: the output layer runs on these positions only
             with self.tmole.tasks(self.ids_of([records[i].task for i in group])), \
                     autocast_context(self.device, self.autocast):
-                logits = self.model(input_ids=ids, attention_mask=mask).logits
-            total = total + F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1),
-                                            ignore_index=-100, reduction="sum")
+                if self.plain_head:
+                    hidden = self._body()(input_ids=ids, attention_mask=mask).last_hidden_state
+                    logits = self.model.get_output_embeddings()(hidden[:, :-1][scored])
+                else:
+                    logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1][scored]
+            total = total + F.cross_entropy(logits.float(), targets[scored], reduction="sum")
         return total if reduction == "sum" else total / sum(len(lb) - lb.count(-100) for lb in labels)
 
+    def _body(self):
+        """The transformer under the output layer (its last hidden states)."""
+        return self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.base_model
+
     @torch.no_grad()
-    def choose(self, records: Sequence[GenRecord], batch_size: int = 8) -> list[int]:
-        """Index of the predicted option per record (argmax of the option letters' next-token logits)."""
-        out: list[int] = []
-        for s in range(0, len(records), batch_size):
-            chunk = records[s : s + batch_size]
-            ids, mask = self._pad([self._chat(r) for r in chunk], left=True)
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-            with self.tmole.tasks(self.ids_of([r.task for r in chunk])), autocast_context(self.device, self.autocast):
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -1].float()
-            for row, r in zip(logits, chunk):
-                letters = self.letter_ids[: len(r.options)]
-                if any(t is None for t in letters):
-                    raise ValueError("the tokenizer does not encode option letters as single tokens")
-                out.append(int(row[letters].argmax()))
+    def choose(self, records: Sequence[GenRecord], batch_size: int = 8, progress: bool | None = None) -> list[int]:
+        """Index of the predicted option per record (argmax of the option letters' next-token logits).
+        Prompts run in batches of similar length (less padding), and only the last position's logits
+        are computed."""
+        if any(t is None for r in records for t in self.letter_ids[: len(r.options)]):
+            raise ValueError("the tokenizer does not encode option letters as single tokens")
+        prompts = [self._chat(r) for r in records]
+        out = [0] * len(records)
+        last_only = last_logits_only(self.model)
+        batches = length_batches([len(p) for p in prompts], batch_size)
+        with batch_progress(len(batches), progress, f"answering {records[0].task if records else ''}") as bar:
+            for batch in batches:
+                chunk = [records[i] for i in batch]
+                ids, mask = self._pad([prompts[i] for i in batch], left=True)
+                position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+                with self.tmole.tasks(self.ids_of([r.task for r in chunk])), \
+                        autocast_context(self.device, self.autocast):
+                    logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                                        **last_only).logits[:, -1].float()
+                for i, row, r in zip(batch, logits, chunk):
+                    out[i] = int(row[self.letter_ids[: len(r.options)]].argmax())
+                bar.update()
         return out
 
     @torch.no_grad()
@@ -179,9 +199,8 @@ class MultiTaskModel:
         rows = [self.tokenizer.encode(t, add_special_tokens=False)[-self.config.max_length :] or [self.eos_id]
                 for t in texts]
         ids, mask = self._pad(rows, left=False)
-        body = self.model.get_decoder() if hasattr(self.model, "get_decoder") else self.model.base_model
         with self.tmole.tasks(self.ids_of(tasks)), autocast_context(self.device, self.autocast):
-            hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = self._body()(input_ids=ids, attention_mask=mask).last_hidden_state
         return F.normalize(mean_pool(hidden.float(), mask), dim=-1)
 
     def embedding_loss(self, records: Sequence[EmbRecord]) -> torch.Tensor:

@@ -181,6 +181,15 @@ def plot_routing_similarity(routing: np.ndarray, tasks: list[str], path: Path) -
 # ---------------------------------------------------------------------------------------------
 
 
+def write_history_and_plots(model, history: dict, output: Path) -> None:
+    """``history.json``, the sample ratios per step (Figure 3) and the routing similarity (Figure 2)."""
+    atomic_write_text(output / "history.json", json.dumps(history))
+    plot_sample_ratios(history, output / "sample_ratios.png")
+    routing = model.tmole.routing().numpy()
+    np.save(output / "routing.npy", routing)
+    plot_routing_similarity(routing, [t.name for t in model.tasks], output / "routing_similarity.png")
+
+
 def _score(model, records, config: MultiTaskRunConfig) -> dict:
     from recfm.multitask.evaluate import score_tasks
 
@@ -224,11 +233,7 @@ def train_run(config: MultiTaskRunConfig, output: Path, records=None, model=None
     history = train_multitask(records, config.train, model, output, resume=resume)
     if not main:  # the weights are the same in every process; process 0 scores and writes
         return {"steps": len(history["steps"]), "process": distributed.rank()}
-    atomic_write_text(output / "history.json", json.dumps(history))
-    plot_sample_ratios(history, output / "sample_ratios.png")
-    routing = model.tmole.routing().numpy()
-    np.save(output / "routing.npy", routing)
-    plot_routing_similarity(routing, [t.name for t in model.tasks], output / "routing_similarity.png")
+    write_history_and_plots(model, history, output)
     metrics = {"tasks": _score(model, records, config), "train_seconds": history["train_seconds"],
                "steps": len(history["steps"]), "stopped": history.get("stopped", "completed")}
     atomic_write_json(output / "metrics.json", metrics)
@@ -298,12 +303,8 @@ def score_unmerged(source_dir: Path, config: MultiTaskRunConfig, output: Path) -
     atomic_write_text(output / "config.yaml", yaml.safe_dump(config.model_dump(), sort_keys=False))
     history = json.loads((source_dir / "history.json").read_text())
     history.pop("merged", None)
-    atomic_write_text(output / "history.json", json.dumps(history))
     save_adapter(model, output)
-    plot_sample_ratios(history, output / "sample_ratios.png")
-    routing = model.tmole.routing().numpy()
-    np.save(output / "routing.npy", routing)
-    plot_routing_similarity(routing, [t.name for t in model.tasks], output / "routing_similarity.png")
+    write_history_and_plots(model, history, output)
     source = json.loads((source_dir / "metrics.json").read_text())
     metrics = {"tasks": _score(model, records, config), "train_seconds": source["train_seconds"],
                "steps": source["steps"], "stopped": source.get("stopped", "completed"),
@@ -339,8 +340,8 @@ def ablation(config: MultiTaskRunConfig, output: Path, variants: list[str] | Non
             results[name] = json.loads((run_dir / "metrics.json").read_text())
             done[name] = (variant, run_dir, (run_dir / UNMERGED_FILE).is_file())
             continue
-        # every process decides alike: a variant trained in this invocation wrote its file (process 0)
-        # before any process got here, so only the configs are compared for it
+        # every process must decide alike: for a variant trained in this invocation only the configs are
+        # compared (process 0 writes its file; another process may get here before it does)
         source = next((d for c, d, kept in done.values() if kept and same_training_but_merge(c, variant)), None)
         resume = (run_dir / CHECKPOINTS / "latest.json").is_file()  # a variant killed mid-training goes on
         if source is not None and not resume:

@@ -47,14 +47,13 @@ trailing EOS the tokenizer appends is removed). Greedy/deterministic: no samplin
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from recfm.models.batching import pad_batch
+from recfm.models.batching import last_logits_only, pad_batch
 from recfm.textid.ids import normalize_id
 
 _INACTIVE = -1e9  # score of the not-yet-used beams of a group at step 0 (as transformers 4 did)
@@ -268,7 +267,7 @@ class _CausalStepper:
             mask[i, length - len(s) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        extra = last_logits_only(model)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                     past_key_values=DynamicCache(), use_cache=True, **extra)
         self.cache = out.past_key_values

@@ -105,10 +105,34 @@ def test_losses_choices_and_embeddings(records):
     model = tiny_model(records)
     gen = records["seqrec"]["train"][:3] + records["sentiment"]["train"][:2]
     assert torch.isfinite(model.generative_loss(gen))
+    # the output layer on the answer positions only: the loss and gradients of the full logits
+    params = model.trainable_parameters()
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))  # B = 0 at init would leave half the gradients zero
+    fast = model.generative_loss(gen)
+    fast_grads = torch.autograd.grad(fast, params, allow_unused=True)
+    model.plain_head = False
+    full = model.generative_loss(gen)
+    full_grads = torch.autograd.grad(full, params, allow_unused=True)
+    model.plain_head = True
+    torch.testing.assert_close(fast, full)
+    for a, b in zip(fast_grads, full_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    assert any(a is not None and a.abs().sum() > 0 for a in fast_grads)
     assert torch.isfinite(model.embedding_loss(records["user2item"]["train"][:4]))
     picks = model.choose(gen, batch_size=2)
     assert len(picks) == 5 and all(0 <= p < len(r.options) for p, r in zip(picks, gen))
     assert picks == model.choose(gen, batch_size=5)  # left padding + position ids: batching changes nothing
+    slow = []  # one record at a time, unpadded, every position's logits
+    for r in gen:
+        ids = torch.tensor([model._chat(r)])
+        with model.tmole.tasks(model.ids_of([r.task])), torch.no_grad():
+            last = model.model(input_ids=ids).logits[0, -1]
+        slow.append(int(last[model.letter_ids[: len(r.options)]].argmax()))
+    assert picks == slow
     e = model.embed(["a b", "c"], ["user2item", "query2item"])
     torch.testing.assert_close(e.norm(dim=-1), torch.ones(2))
     [a] = model.answer([GenRecord("matching", "", "Record 1", "yes")], max_new_tokens=2)
