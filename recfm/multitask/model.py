@@ -92,6 +92,7 @@ class MultiTaskModel:
         self.device = next(model.parameters()).device
         # logits = the output layer of the last hidden states (Llama, Mistral, Qwen2; not Gemma-2's soft cap)
         self.plain_head = getattr(model.config, "final_logit_softcapping", None) is None
+        self.last_logits_only = last_logits_only(model)  # forward arguments for the last position's logits alone
         self.autocast = autocast_dtype(config.autocast, self.device)
 
     # -- plumbing --------------------------------------------------------------------------
@@ -165,7 +166,6 @@ class MultiTaskModel:
             raise ValueError("the tokenizer does not encode option letters as single tokens")
         prompts = [self._chat(r) for r in records]
         out = [0] * len(records)
-        last_only = last_logits_only(self.model)
         batches = length_batches([len(p) for p in prompts], batch_size)
         with batch_progress(len(batches), progress, f"answering {records[0].task if records else ''}") as bar:
             for batch in batches:
@@ -175,7 +175,7 @@ class MultiTaskModel:
                 with self.tmole.tasks(self.ids_of([r.task for r in chunk])), \
                         autocast_context(self.device, self.autocast):
                     logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
-                                        **last_only).logits[:, -1].float()
+                                        **self.last_logits_only).logits[:, -1].float()
                 for i, row, r in zip(batch, logits, chunk):
                     out[i] = int(row[self.letter_ids[: len(r.options)]].argmax())
                 bar.update()

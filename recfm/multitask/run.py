@@ -33,7 +33,7 @@ from recfm.errors import RecfmError
 from recfm import distributed, rundir
 from recfm.multitask.records import EMB_TASKS, GEN_TASKS, SPLITS, read_records, write_records
 from recfm.multitask.movielens_tasks import MovieLensTasks, TaskConfig
-from recfm.multitask.trainer import UNMERGED_FILE, MultiTaskConfig
+from recfm.multitask.trainer import ADAPTER_FILE, UNMERGED_FILE, MultiTaskConfig
 
 log = logging.getLogger("recfm.multitask")
 
@@ -246,7 +246,7 @@ def evaluate_run(run_dir: Path) -> dict:
     from recfm.multitask.trainer import load_adapter, task_specs
 
     run_dir = Path(run_dir)
-    if not (run_dir / "tmole.safetensors").is_file() or not (run_dir / "config.yaml").is_file():
+    if not (run_dir / ADAPTER_FILE).is_file() or not (run_dir / "config.yaml").is_file():
         what = "a recfm train run" if (run_dir / "model").is_dir() or (run_dir / "item_ids.tsv").is_file() else "a folder"
         raise MultiTaskRunError(f"{run_dir} is not a multitask run (it is {what} without tmole.safetensors and "
                                 "config.yaml): give a `recfm multitask train` output; other runs: `recfm evaluate --run`")
@@ -274,9 +274,9 @@ def zero_shot(config: MultiTaskRunConfig, output: Path) -> dict:
     return metrics
 
 
-# train fields that change only the final merge or the scoring, not the weights training reaches
-NOT_TRAINING = {"merge", "merge_density", "merge_space", "checkpoints", "eval_records", "answer_tokens", "report_to",
-                "checkpoint_every"}
+# train fields that change only the final merge, not the weights training reaches (the variants of one
+# ablation share every other field but the ones VARIANTS sets)
+MERGE_ONLY = {"merge", "merge_density", "merge_space", "checkpoints"}
 
 
 def same_training_but_merge(source: MultiTaskRunConfig, variant: MultiTaskRunConfig) -> bool:
@@ -284,7 +284,7 @@ def same_training_but_merge(source: MultiTaskRunConfig, variant: MultiTaskRunCon
     are ``source``'s before its merge."""
     def training(c: MultiTaskRunConfig) -> dict:
         dump = c.model_dump()
-        return {**dump, "train": {k: v for k, v in dump["train"].items() if k not in NOT_TRAINING}}
+        return {**dump, "train": {k: v for k, v in dump["train"].items() if k not in MERGE_ONLY}}
 
     return source.train.merge and not variant.train.merge and training(source) == training(variant)
 

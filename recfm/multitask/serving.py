@@ -36,6 +36,7 @@ from recfm.compute import eval_mode
 from recfm.recommender import ScoringRecommender, TrainableRecommender
 from recfm.multitask.model import MultiTaskModel
 from recfm.multitask.records import INSTRUCTIONS, EmbRecord, GenRecord
+from recfm.multitask.trainer import ADAPTER_FILE
 
 log = logging.getLogger("recfm.multitask")
 RETRIEVAL_TASKS = ("user2item", "Emb_user")  # our name and RecFound's for history -> next item
@@ -181,7 +182,7 @@ class MultiTaskRecommender(ScoringRecommender, TrainableRecommender):
 
 
 def is_multitask_run(run_dir: Path) -> bool:
-    return (Path(run_dir) / "tmole.safetensors").is_file() and (Path(run_dir) / "config.yaml").is_file()
+    return (Path(run_dir) / ADAPTER_FILE).is_file() and (Path(run_dir) / "config.yaml").is_file()
 
 
 def load_served_multitask(run_dir: Path) -> tuple[str, TaskCatalog, MultiTaskRecommender]:
@@ -205,7 +206,7 @@ def load_served_multitask(run_dir: Path) -> tuple[str, TaskCatalog, MultiTaskRec
                         next((r.instruction for rs in splits.values() for r in rs), "")) for t, splits in records.items()}
     served = MultiTaskRecommender(model, catalog, instructions, history_len=TaskConfig(**config.data.build).history_len,
                                   answer_tokens=config.train.answer_tokens)
-    adapter_hash = hashlib.sha256((run_dir / "tmole.safetensors").read_bytes()).hexdigest()[:16]
+    adapter_hash = hashlib.sha256((run_dir / ADAPTER_FILE).read_bytes()).hexdigest()[:16]
     served.build_index(run_dir, adapter_hash)
     name = f"multitask ({config.train.model.adapter}, {config.train.model.backbone})"
     return name, catalog, served
