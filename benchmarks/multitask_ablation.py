@@ -2,6 +2,7 @@
 
     python benchmarks/multitask_ablation.py                      # configs/multitask-cpu.yaml
     python benchmarks/multitask_ablation.py --paper-variants     # RecFound Table 4's cumulative variants
+    python benchmarks/multitask_ablation.py -- train.num_threads=1 train.max_minutes=90   # overrides
 
 Runs `recfm multitask ablation` (finished variants are reused), copies the full method's two
 plots to docs/figures/ and writes the table, the paper's Table 4 and the wall time between the
@@ -37,9 +38,10 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=Path("configs/multitask-cpu.yaml"))
     ap.add_argument("--output", type=Path, default=Path("runs/multitask/cpu"))
     ap.add_argument("--paper-variants", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="section.key=value overrides of the config, after `--`")
     args = ap.parse_args()
     cmd = [sys.executable, "-m", "recfm.cli", "multitask", "ablation", "-c", str(args.config), "-o", str(args.output),
-           *(["--paper-variants"] if args.paper_variants else [])]
+           *(["--paper-variants"] if args.paper_variants else []), *args.overrides]
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
     minutes = (time.perf_counter() - t0) / 60
@@ -50,7 +52,8 @@ def main() -> None:
     table = (ROOT / args.output / "table.md").read_text().strip()
     body = "\n".join([
         f"Command: `python benchmarks/multitask_ablation.py --config {args.config}"
-        f"{' --paper-variants' if args.paper_variants else ''}` (= `recfm multitask ablation`).  ",
+        f"{' --paper-variants' if args.paper_variants else ''}"
+        f"{' -- ' + ' '.join(args.overrides) if args.overrides else ''}` (= `recfm multitask ablation`).  ",
         f"Run {dt.date.today().isoformat()}; {platform.machine()}, {os.cpu_count()} cores, CPU only; "
         f"{minutes:.1f} min in this invocation (variants finished earlier are reused). Test records of the "
         "MovieLens tasks (docs/multitask.md); generative columns: macro-F1 or Recall@1, embedding: NDCG@20.",

@@ -26,6 +26,9 @@ configs/textid-<dataset>-prompt.yaml the paper's prompt formulation):
                     rec_epochs=44: what the 45-minute cap allows here, the cap then a safety)
     items-copy      the preset with the decoder's copy bonus for words of the last 3 history items (items.copy_items=3)
     items-itemrows  the preset with a free embedding row per item added to its pooled ID words (items.item_rows)
+    items-1block    the preset with one transformer block of one head over the items (items.num_layers=1,
+                    items.num_heads=1), the depth our tuned SASRec chose on Beauty
+    items-aux2      the preset with the auxiliary item softmax weighted 2 instead of 1 (items.item_loss_weight=2)
     prompt          the paper's formulation (one prompt per prefix through a T5 from a config), full loss
     prompt-trie     the same with the trie-restricted loss
 
@@ -72,6 +75,8 @@ CELLS = {
     "items-lrdecay": ("textid", "textid-{dataset}.yaml", ["rec_lr_decay=linear", "rec_epochs=44"]),
     "items-copy": ("textid", "textid-{dataset}.yaml", ["items.copy_items=3"]),
     "items-itemrows": ("textid", "textid-{dataset}.yaml", ["items.item_rows=true"]),
+    "items-1block": ("textid", "textid-{dataset}.yaml", ["items.num_layers=1", "items.num_heads=1"]),
+    "items-aux2": ("textid", "textid-{dataset}.yaml", ["items.item_loss_weight=2.0"]),
     "prompt": ("textid", "textid-{dataset}-prompt.yaml", []),
     "prompt-trie": ("textid", "textid-{dataset}-prompt.yaml", ["loss=trie"]),
 }
