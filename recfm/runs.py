@@ -237,9 +237,11 @@ def load_served(run_dir: Path, allow_data_change: bool = False):
     """(model name, catalog, recommender) of any finished run a server can answer from: a
     ``recfm train`` run, or a ``recfm multitask train`` run (retrieval over its item index, text
     embeddings and answers to its generative tasks)."""
-    from recfm.multitask.serving import is_multitask_run, load_served_multitask
+    from recfm.multitask.trainer import is_multitask_run
 
     if is_multitask_run(run_dir) and not (Path(run_dir) / "data.json").is_file():
+        from recfm.multitask.serving import load_served_multitask
+
         return load_served_multitask(Path(run_dir))
     run, data, model = load_run(run_dir, allow_data_change=allow_data_change)
     return run.model["name"], data, model

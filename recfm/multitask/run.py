@@ -33,7 +33,7 @@ from recfm.errors import RecfmError
 from recfm import distributed, rundir
 from recfm.multitask.records import EMB_TASKS, GEN_TASKS, SPLITS, read_records, write_records
 from recfm.multitask.movielens_tasks import MovieLensTasks, TaskConfig
-from recfm.multitask.trainer import ADAPTER_FILE, UNMERGED_FILE, MultiTaskConfig
+from recfm.multitask.trainer import ADAPTER_FILE, UNMERGED_FILE, MultiTaskConfig, is_multitask_run
 
 log = logging.getLogger("recfm.multitask")
 
@@ -246,9 +246,9 @@ def evaluate_run(run_dir: Path) -> dict:
     from recfm.multitask.trainer import load_adapter, task_specs
 
     run_dir = Path(run_dir)
-    if not (run_dir / ADAPTER_FILE).is_file() or not (run_dir / "config.yaml").is_file():
+    if not is_multitask_run(run_dir):
         what = "a recfm train run" if (run_dir / "model").is_dir() or (run_dir / "item_ids.tsv").is_file() else "a folder"
-        raise MultiTaskRunError(f"{run_dir} is not a multitask run (it is {what} without tmole.safetensors and "
+        raise MultiTaskRunError(f"{run_dir} is not a multitask run (it is {what} without {ADAPTER_FILE} and "
                                 "config.yaml): give a `recfm multitask train` output; other runs: `recfm evaluate --run`")
     try:
         config = load_run_config(run_dir / "config.yaml")

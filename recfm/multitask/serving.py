@@ -181,10 +181,6 @@ class MultiTaskRecommender(ScoringRecommender, TrainableRecommender):
         return out
 
 
-def is_multitask_run(run_dir: Path) -> bool:
-    return (Path(run_dir) / ADAPTER_FILE).is_file() and (Path(run_dir) / "config.yaml").is_file()
-
-
 def load_served_multitask(run_dir: Path) -> tuple[str, TaskCatalog, MultiTaskRecommender]:
     """(model name, catalog, recommender) of a finished ``recfm multitask train`` run, its item index
     built (or read from its cache in the run directory)."""
