@@ -29,6 +29,9 @@ configs/textid-<dataset>-prompt.yaml the paper's prompt formulation):
     items-1block    the preset with one transformer block of one head over the items (items.num_layers=1,
                     items.num_heads=1), the depth our tuned SASRec chose on Beauty
     items-aux2      the preset with the auxiliary item softmax weighted 2 instead of 1 (items.item_loss_weight=2)
+
+A cell is its preset at the time it ran: the Beauty preset has one block of one head since 2026-12-08 (the
+items-1block cell), so the Beauty rows dated before are the 2-block preset plus their overrides.
     prompt          the paper's formulation (one prompt per prefix through a T5 from a config), full loss
     prompt-trie     the same with the trie-restricted loss
 
