@@ -138,19 +138,36 @@ def metric_on(metrics: dict, key: str, rows: np.ndarray | None = None) -> float:
 
 
 def bootstrap_interval(cells: Sequence[tuple[dict, str]], n: int = 1000, level: float = 0.95,
-                       seed: int = 0) -> tuple[float, float] | None:
+                       seed: int = 0, minus: Sequence[tuple[dict, str]] | None = None) -> tuple[float, float] | None:
     """Percentile bootstrap interval of the mean of ``key`` over the tasks ``cells`` ((metrics, key)
     pairs; one pair = one task's metric): each replicate resamples every task's test records with
     replacement, independently. None when a task has no outcomes (metrics written before they
-    were kept)."""
-    if not cells or any("outcomes" not in m for m, _ in cells):
+    were kept).
+
+    With ``minus`` (the same tasks of another variant, scored on the same records in the same order),
+    the interval of the difference of the two means: each replicate draws the same records for both
+    (a paired bootstrap), so record-to-record difficulty, which both variants share, cancels out."""
+    both = [*cells, *(minus or [])]
+    if not cells or any("outcomes" not in m for m, _ in both):
         return None
+    sizes = [_n_outcomes(m) for m, _ in cells]
+    if minus is not None and [_n_outcomes(m) for m, _ in minus] != sizes:
+        raise ValueError("a paired interval needs both variants scored on the same records, task for task")
     rng = np.random.default_rng(seed)
-    sizes = [len(m["outcomes"].get("ranks", m["outcomes"].get("truth", []))) for m, _ in cells]
-    reps = [np.mean([metric_on(m, key, rng.integers(0, size, size)) for (m, key), size in zip(cells, sizes)])
-            for _ in range(n)]
+    reps = []
+    for _ in range(n):
+        rows = [rng.integers(0, size, size) for size in sizes]
+        value = np.mean([metric_on(m, key, r) for (m, key), r in zip(cells, rows)])
+        if minus is not None:
+            value -= np.mean([metric_on(m, key, r) for (m, key), r in zip(minus, rows)])
+        reps.append(value)
     lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+def _n_outcomes(metrics: dict) -> int:
+    outcomes = metrics["outcomes"]
+    return len(outcomes.get("ranks", outcomes.get("truth", [])))
 
 
 ITEM_TO_ITEM = ("item2item", "emb_item")  # our task name and RecFound's

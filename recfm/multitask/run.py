@@ -355,7 +355,8 @@ def ablation(config: MultiTaskRunConfig, output: Path, variants: list[str] | Non
     if not main:
         return output / "table.md"
     table = ablation_table(results)
-    atomic_write_text(output / "table.md", table + "\n")
+    differences = difference_table(results)
+    atomic_write_text(output / "table.md", table + "\n" + (f"\n{differences}\n" if differences else ""))
     return output / "table.md"
 
 
@@ -375,18 +376,51 @@ def ablation_table(results: dict[str, dict], intervals: bool = True) -> str:
         return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
     for name, res in results.items():
-        vals, gen, emb = [], [], []
+        vals = []
         for t in tasks:
             m = res["tasks"].get(t)
-            if m is None:
-                vals.append("-")
-                continue
-            key = paper_metric(t, m)
-            v = m[key]
-            vals.append(cell(v, [(m, key)]))
-            (emb if key in ("ndcg@20", "mrr@20") else gen).append((m, key, v))
-        averages = [cell(float(np.mean([v for _, _, v in group])), [(m, k) for m, k, _ in group]) if group else "-"
-                    for group in (gen, emb)]
+            vals.append("-" if m is None else cell(m[paper_metric(t, m)], [(m, paper_metric(t, m))]))
+        averages = [cell(float(np.mean([m[k] for m, k in group])), group) if group else "-"
+                    for group in task_groups(res, tasks)]
         lines.append(f"| {name} | " + " | ".join(vals) + f" | {averages[0]} | {averages[1]} | "
                      f"{res.get('train_seconds', 0):.0f} |")
+    return "\n".join(lines)
+
+
+def task_groups(result: dict, tasks: list[str]) -> tuple[list[tuple[dict, str]], list[tuple[dict, str]]]:
+    """A variant's (metrics, paper metric key) pairs of its generative tasks and of its embedding tasks."""
+    from recfm.multitask.evaluate import paper_metric
+
+    gen, emb = [], []
+    for t in tasks:
+        m = result["tasks"].get(t)
+        if m is not None:
+            key = paper_metric(t, m)
+            (emb if key in ("ndcg@20", "mrr@20") else gen).append((m, key))
+    return gen, emb
+
+
+def difference_table(results: dict[str, dict], reference: str = "recfound") -> str:
+    """Each other variant's generative and embedding averages minus ``reference``'s, with a paired
+    bootstrap 95% interval (the same test records drawn for both variants): an interval that excludes 0
+    says the two differ beyond the sampling of records. Empty when ``reference`` is not among the results."""
+    from recfm.multitask.evaluate import bootstrap_interval
+
+    if reference not in results:
+        return ""
+    tasks = list(results[reference]["tasks"])
+    ref = task_groups(results[reference], tasks)
+    lines = [f"| variant minus {reference} | gen. avg | emb. avg |", "|---|---|---|"]
+    for name, res in results.items():
+        if name == reference:
+            continue
+        cells = []
+        for group, ref_group in zip(task_groups(res, tasks), ref):
+            if not group or len(group) != len(ref_group):
+                cells.append("-")
+                continue
+            diff = float(np.mean([m[k] for m, k in group]) - np.mean([m[k] for m, k in ref_group]))
+            ci = bootstrap_interval(group, minus=ref_group)
+            cells.append(f"{diff:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

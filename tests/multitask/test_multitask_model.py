@@ -17,7 +17,7 @@ from recfm.multitask.records import EMBED_TOKEN, GenRecord
 from recfm.multitask.movielens_tasks import MovieLensTasks, TaskConfig
 from recfm.multitask.s2sched import S2SchedConfig
 from recfm.multitask.tmole import TMoLEConfig
-from recfm.multitask.run import ablation_table
+from recfm.multitask.run import ablation_table, difference_table
 from recfm.multitask.trainer import MultiTaskConfig, load_adapter, task_specs, train_multitask
 
 TASKS = ["seqrec", "sentiment", "matching", "user2item", "query2item"]
@@ -240,6 +240,35 @@ def test_bootstrap_intervals_cover_the_estimate_and_shrink_with_more_records():
     table = ablation_table({"a": {"tasks": {"t1": small, "item2item": ranks}, "train_seconds": 3}})
     assert "item2item (ndcg@20)" in table
     assert f"{small['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]" in table and table.count("[") == 4  # 2 tasks, 2 averages
+
+
+def test_a_paired_interval_draws_the_same_records_for_both_variants():
+    rng = np.random.default_rng(1)
+    n = 400
+    truth = ["a"] * n
+    correct = rng.random(n) < 0.5
+    flips = np.flatnonzero(~correct)[:20]  # b answers 20 more records right: +0.05, all else shared
+    better = correct.copy()
+    better[flips] = True
+
+    def task(right: np.ndarray) -> dict:
+        pred = ["a" if r else "b" for r in right]
+        return {"accuracy": float(right.mean()), "outcomes": {"truth": truth, "pred": pred}}
+
+    a, b = task(correct), task(better)
+    assert bootstrap_interval([(a, "accuracy")], minus=[(a, "accuracy")]) == (0.0, 0.0)
+    lo, hi = bootstrap_interval([(b, "accuracy")], minus=[(a, "accuracy")])
+    assert 0 < lo < 0.05 < hi  # the shared answers cancel: the paired interval excludes 0
+    a_lo, a_hi = bootstrap_interval([(a, "accuracy")])
+    b_lo, b_hi = bootstrap_interval([(b, "accuracy")])
+    assert a_hi > b_lo  # while the two variants' own intervals overlap
+    with pytest.raises(ValueError, match="same records"):
+        bootstrap_interval([(b, "accuracy")], minus=[(task(correct[:-1]) | {"outcomes": {"truth": truth[:-1],
+                                                      "pred": ["a"] * (n - 1)}}, "accuracy")])
+    table = difference_table({"recfound": {"tasks": {"t1": a}}, "other": {"tasks": {"t1": b}},
+                              "zero-shot": {"tasks": {"t1": a}}})
+    assert "| other | +0.050 [" in table and "| zero-shot | +0.000 [+0.000, +0.000] | - |" in table
+    assert "| recfound |" not in table and difference_table({"other": {"tasks": {"t1": b}}}) == ""
 
 
 def test_an_added_embed_token_gets_the_mean_row_every_time(records):
