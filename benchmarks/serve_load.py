@@ -63,7 +63,7 @@ def histories(run: Path, n: int = 500, max_len: int = 20) -> list[list[str]]:
     multitask run, of MovieLens-1M's users (the catalog its tasks are built from)."""
     from recfm.config import RunConfig, read_yaml
     from recfm.data.registry import load_dataset
-    from recfm.multitask.serving import is_multitask_run
+    from recfm.multitask.trainer import is_multitask_run
 
     if is_multitask_run(run):
         data = load_dataset("movielens-1m")
