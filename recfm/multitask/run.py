@@ -379,7 +379,8 @@ def ablation_table(results: dict[str, dict], intervals: bool = True) -> str:
         vals = []
         for t in tasks:
             m = res["tasks"].get(t)
-            vals.append("-" if m is None else cell(m[paper_metric(t, m)], [(m, paper_metric(t, m))]))
+            key = None if m is None else paper_metric(t, m)
+            vals.append("-" if m is None else cell(m[key], [(m, key)]))
         averages = [cell(float(np.mean([m[k] for m, k in group])), group) if group else "-"
                     for group in task_groups(res, tasks)]
         lines.append(f"| {name} | " + " | ".join(vals) + f" | {averages[0]} | {averages[1]} | "
