@@ -151,3 +151,15 @@ def test_json_lines_chunks_keep_order_and_exact_line_numbers(tmp_path, write_fil
     f = write_file(tmp_path / "x.jsonl", "\n".join(lines + ['{"v": 6}']) + "\n")
     with pytest.raises(DataFormatError, match=r"x\.jsonl:6: expected a key 'k'"):
         tabular.json_lines_frame(f, {"k": pl.String, "v": pl.Float64}, convert, parse_line, out, chunk_lines=2)
+
+
+def test_a_header_field_that_polars_would_read_as_a_pattern_is_a_plain_column(tmp_path):
+    """Found by the loader fuzz test: a column named "*" was polars' wildcard, so the blank-row filter
+    also reached the integer line-number column and failed."""
+    from recfm.data.sources.tabular import read_table
+
+    path = tmp_path / "inter.csv"
+    path.write_text("user_id,item_id,*,^x$\n1,2,a,b\n1,3,,\n,,,\n2,2,c,d\n")
+    df = read_table(path, sep=",", required=["user_id", "item_id"])
+    assert df["user_id"].to_list() == ["1", "1", "2"] and df["*"].to_list() == ["a", None, "c"]
+    assert df["__line__"].to_list() == [2, 3, 5]  # the blank line 4 dropped, line numbers kept

@@ -161,9 +161,10 @@ def read_table(path: Path, sep: str | None = None, required: list[str] = ()) -> 
         raise DataFormatError(path, None, f"a {_sep_name(sep)}-separated table with a header line", str(e).splitlines()[0]) from None
     exact = _physical_lines(path) == df.height + 1  # else quoted line breaks (or trailing blank lines)
     df = df.with_row_index(LINE, offset=2).with_columns(pl.col(LINE).cast(pl.Int64))
-    data_cols = [c for c in df.columns if c != LINE]
+    # by position: a header field such as "*" or "^a$" would be a wildcard or a pattern to pl.col
+    data_cols = [i for i, c in enumerate(df.columns) if c != LINE]
     if data_cols:
-        df = df.filter(~pl.all_horizontal([pl.col(c).is_null() | (pl.col(c).str.strip_chars() == "") for c in data_cols]))
+        df = df.filter(~pl.all_horizontal([pl.nth(i).is_null() | (pl.nth(i).str.strip_chars() == "") for i in data_cols]))
     if not exact:
         lines = _exact_lines(path, sep)
         if len(lines) == df.height:
