@@ -69,14 +69,14 @@ class MultiTaskConfig(BaseModel):
 
 ADAPTER_FILE = "tmole.safetensors"
 UNMERGED_FILE = "tmole.unmerged.safetensors"  # a merged run's final weights before the TIES merge
+# Settings that may differ on resume without changing what is computed.
+RESUME_FREE = {"num_threads", "max_minutes", "checkpoint_every", "eval_records", "answer_tokens", "report_to"}
+CHECKPOINTS = "checkpoints"
 
 
 def is_multitask_run(run_dir: Path) -> bool:
     """A finished ``recfm multitask train`` output: its adapter weights beside its config."""
     return (Path(run_dir) / ADAPTER_FILE).is_file() and (Path(run_dir) / "config.yaml").is_file()
-# Settings that may differ on resume without changing what is computed.
-RESUME_FREE = {"num_threads", "max_minutes", "checkpoint_every", "eval_records", "answer_tokens", "report_to"}
-CHECKPOINTS = "checkpoints"
 
 
 class TaskPool:
